@@ -1,0 +1,155 @@
+"""The one place that holds the pipeline's settings.
+
+Precedence, lowest first: the defaults below, the environment (and a `.env` file
+found from the working directory up, via python-dotenv), then the overrides a DAG
+run passes to each job (`--params-json`). Every environment variable is listed in
+`.env.example`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+INPUT_FORMATS = ("contract", "online_retail")
+EMBEDDING_BACKENDS = ("auto", "openai", "local", "hashing")
+EVENT_TYPES = ("view", "add_to_cart", "purchase")
+
+
+def _env_bool(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class RecsConfig:
+    # Where everything is read and written: a local folder or any Hadoop URI.
+    data_root: str = field(default="data", metadata={"env": "RECS_DATA_ROOT"})
+    # The raw input: a folder with products.* and events.* (contract), or a raw file.
+    input_path: str = field(default="data/demo_shop", metadata={"env": "RECS_INPUT"})
+    input_format: str = field(default="contract", metadata={"env": "RECS_INPUT_FORMAT"})
+
+    embedding_backend: str = field(default="auto", metadata={"env": "EMBEDDING_BACKEND"})
+    # Empty means the backend's own default model.
+    embedding_model: str = field(default="", metadata={"env": "EMBEDDING_MODEL"})
+    embedding_batch_size: int = field(default=64, metadata={"env": "EMBEDDING_BATCH_SIZE"})
+    hashing_dimensions: int = field(default=256, metadata={"env": "HASHING_DIMENSIONS"})
+    # OpenAI's `dimensions` parameter; 0 means the model's native size.
+    embedding_dimensions: int = field(default=0, metadata={"env": "EMBEDDING_DIMENSIONS"})
+    # Texts embedded between two commits to the cache: a killed job loses at most this.
+    embedding_chunk_size: int = field(default=2000, metadata={"env": "EMBEDDING_CHUNK_SIZE"})
+    # Concurrent API requests per Python worker; workers x this bounds the request rate.
+    openai_concurrency: int = field(default=4, metadata={"env": "OPENAI_CONCURRENCY"})
+    openai_timeout_seconds: float = field(default=60.0, metadata={"env": "OPENAI_TIMEOUT_SECONDS"})
+    openai_max_retries: int = field(default=6, metadata={"env": "OPENAI_MAX_RETRIES"})
+    embedding_price_per_million_tokens: float = field(
+        default=0.02, metadata={"env": "EMBEDDING_PRICE_PER_1M_TOKENS"}
+    )
+
+    pca_dimensions: int = field(default=32, metadata={"env": "RECS_PCA_DIMENSIONS"})
+    # 0 means: choose k by silhouette between k_min and k_max.
+    k: int = field(default=0, metadata={"env": "RECS_K"})
+    k_min: int = field(default=4, metadata={"env": "RECS_K_MIN"})
+    k_max: int = field(default=24, metadata={"env": "RECS_K_MAX"})
+
+    top_n: int = field(default=10, metadata={"env": "RECS_TOP_N"})
+    # Neighbours kept per product in the item-item graph the recommender walks.
+    neighbours_per_product: int = field(default=50, metadata={"env": "RECS_NEIGHBOURS"})
+    view_weight: float = field(default=1.0, metadata={"env": "RECS_VIEW_WEIGHT"})
+    cart_weight: float = field(default=3.0, metadata={"env": "RECS_CART_WEIGHT"})
+    purchase_weight: float = field(default=5.0, metadata={"env": "RECS_PURCHASE_WEIGHT"})
+    recency_half_life_days: float = field(default=30.0, metadata={"env": "RECS_HALF_LIFE_DAYS"})
+    # How much the text-embedding neighbours count next to co-occurrence neighbours.
+    content_weight: float = field(default=0.3, metadata={"env": "RECS_CONTENT_WEIGHT"})
+    # Users whose history is longer only contribute their most recent products to
+    # co-occurrence pairs: keeps the self-join linear in practice (wholesalers).
+    max_history_for_pairs: int = field(default=200, metadata={"env": "RECS_MAX_HISTORY_PAIRS"})
+
+    shuffle_partitions: int = field(default=8, metadata={"env": "RECS_SHUFFLE_PARTITIONS"})
+    # Published versions kept besides the current one.
+    keep_versions: int = field(default=5, metadata={"env": "RECS_KEEP_VERSIONS"})
+    seed: int = field(default=42, metadata={"env": "RECS_SEED"})
+
+    def __post_init__(self) -> None:
+        if self.input_format not in INPUT_FORMATS:
+            raise ValueError(f"input_format must be one of {INPUT_FORMATS}, got {self.input_format!r}")
+        if self.embedding_backend not in EMBEDDING_BACKENDS:
+            raise ValueError(
+                f"embedding_backend must be one of {EMBEDDING_BACKENDS}, got {self.embedding_backend!r}"
+            )
+        if self.pca_dimensions < 2:
+            raise ValueError(f"pca_dimensions must be at least 2, got {self.pca_dimensions}")
+        if self.k and self.k < 2:
+            raise ValueError(f"k must be 0 (choose from the data) or at least 2, got {self.k}")
+        if not 2 <= self.k_min <= self.k_max:
+            raise ValueError(f"need 2 <= k_min <= k_max, got {self.k_min}..{self.k_max}")
+        if self.top_n < 1:
+            raise ValueError(f"top_n must be at least 1, got {self.top_n}")
+
+    @property
+    def event_weights(self) -> dict[str, float]:
+        return {"view": self.view_weight, "add_to_cart": self.cart_weight, "purchase": self.purchase_weight}
+
+    @classmethod
+    def load(cls, overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> RecsConfig:
+        """Defaults, then the environment (with `.env`), then `overrides` (DAG params)."""
+        if environ is None:
+            _load_dotenv()
+            environ = dict(os.environ)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(f.metadata["env"])
+            if raw not in (None, ""):
+                values[f.name] = _coerce(f, raw)
+        for name, value in (overrides or {}).items():
+            if name not in _FIELDS:
+                raise ValueError(f"unknown setting {name!r}; known: {sorted(_FIELDS)}")
+            if value is not None:
+                values[name] = _coerce(_FIELDS[name], value)
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(RecsConfig)}
+SETTING_NAMES = frozenset(_FIELDS)
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    try:
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind == "bool":
+            return value if isinstance(value, bool) else _env_bool(str(value))
+        return str(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"setting {f.name} ({f.metadata['env']}): cannot read {value!r} as {kind}") from err
+
+
+def _load_dotenv() -> None:
+    try:
+        from dotenv import find_dotenv, load_dotenv
+    except ImportError:  # executors without python-dotenv get their env from the cluster
+        return
+    # The existing environment wins over the file, as in every twelve-factor tool.
+    load_dotenv(find_dotenv(usecwd=True), override=False)
+
+
+def safe_run_id(run_id: str) -> str:
+    """Airflow run ids hold ':' and '+', which Hadoop paths refuse."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id).strip("_.")
+    if not cleaned:
+        raise ValueError(f"run id {run_id!r} has no usable characters")
+    return cleaned
+
+
+def env_names() -> dict[str, str]:
+    """Setting name -> environment variable, for docs and checks."""
+    return {f.name: f.metadata["env"] for f in dataclasses.fields(RecsConfig)}

@@ -1,0 +1,140 @@
+"""Readers that map each supported source onto the input contract (all strings).
+
+- `contract`: a folder holding products.* and events.* (CSV, gzipped CSV or Parquet).
+- `online_retail`: the UCI Online Retail transactions CSV (optionally gzipped).
+
+Rows a source holds but the contract cannot use (a cancellation, a guest checkout,
+a postage line) are returned in `skipped` with a reason, so nothing vanishes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from pyspark.sql import DataFrame, SparkSession, Window, functions as F
+
+from recs import io
+from recs.contract import EVENT_COLUMNS, PRODUCT_COLUMNS, QUARANTINE_SCHEMA, as_strings, quarantined, with_record
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Source:
+    products: DataFrame
+    events: DataFrame
+    skipped: DataFrame
+
+
+def read_source(spark: SparkSession, input_path: str, input_format: str) -> Source:
+    if input_format == "contract":
+        return read_contract(spark, input_path)
+    if input_format == "online_retail":
+        return import_online_retail(read_csv(spark, input_path))
+    raise ValueError(f"unknown input format {input_format!r}")
+
+
+def read_csv(spark: SparkSession, path: str) -> DataFrame:
+    # Every column as a string: validation happens in preprocess, with reasons.
+    return (
+        spark.read.option("header", True)
+        .option("multiLine", True)
+        .option("escape", '"')
+        .option("inferSchema", False)
+        .option("mode", "PERMISSIVE")
+        .csv(path)
+    )
+
+
+def _find_table(spark: SparkSession, folder: str, name: str) -> DataFrame:
+    for candidate in (f"{name}.parquet", name, f"{name}.csv", f"{name}.csv.gz"):
+        path = f"{folder}/{candidate}"
+        if io.exists(spark, path):
+            is_parquet = candidate.endswith(".parquet") or (candidate == name and _holds_parquet(spark, path))
+            return spark.read.parquet(path) if is_parquet else read_csv(spark, path)
+    raise FileNotFoundError(
+        f"no {name} table in {folder}: expected {name}.csv, {name}.csv.gz, {name}.parquet or a {name}/ folder"
+    )
+
+
+def _holds_parquet(spark: SparkSession, folder: str) -> bool:
+    return any(name.endswith(".parquet") for name in io.list_dir(spark, folder))
+
+
+def read_contract(spark: SparkSession, folder: str) -> Source:
+    products = as_strings(_find_table(spark, folder, "products"), PRODUCT_COLUMNS, "products")
+    events = as_strings(_find_table(spark, folder, "events"), EVENT_COLUMNS, "events")
+    return Source(products, events, spark.createDataFrame([], QUARANTINE_SCHEMA))
+
+
+ONLINE_RETAIL_COLUMNS = (
+    "InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country",
+)
+# Products have numeric stock codes (85123A, 22423); POST, DOT, M, BANK CHARGES,
+# AMAZONFEE, gift_0001_10 and the like are fees and adjustments.
+PRODUCT_STOCK_CODE = r"^[0-9]"
+
+
+def import_online_retail(raw: DataFrame) -> Source:
+    missing = [c for c in ONLINE_RETAIL_COLUMNS if c not in raw.columns]
+    if missing:
+        raise ValueError(f"online_retail: missing column(s) {missing}; found {raw.columns}")
+    rows = with_record(raw.select(*ONLINE_RETAIL_COLUMNS)).select(
+        F.trim("InvoiceNo").alias("invoice"),
+        F.upper(F.trim("StockCode")).alias("product_id"),
+        F.trim("Description").alias("title"),
+        F.col("Quantity").try_cast("int").alias("quantity"),
+        F.trim("InvoiceDate").alias("ts"),
+        F.col("UnitPrice").try_cast("double").alias("unit_price"),
+        # Some exports write the id as a float ("17850.0").
+        F.regexp_replace(F.trim("CustomerID"), r"\.0+$", "").alias("user_id"),
+        "record",
+    )
+    reason = (
+        F.when(F.col("product_id").isNull() | ~F.col("product_id").rlike(PRODUCT_STOCK_CODE), "non-product stock code")
+        .when(F.col("invoice").startswith("C"), "cancellation")
+        .when(F.col("user_id").isNull() | (F.col("user_id") == ""), "guest checkout (no CustomerID)")
+        .when(F.col("quantity").isNull() | (F.col("quantity") <= 0), "non-positive quantity")
+    )
+    checked = rows.withColumn("reason", reason)
+    skipped = quarantined(checked.where(F.col("reason").isNotNull()), "online_retail")
+    purchases = checked.where(F.col("reason").isNull())
+
+    events = purchases.select(
+        "user_id",
+        "product_id",
+        F.lit("purchase").alias("event_type"),
+        F.col("quantity").cast("string").alias("quantity"),
+        "ts",
+    )
+    products = canonical_products(checked.where(F.col("product_id").rlike(PRODUCT_STOCK_CODE)))
+    return Source(products, events, skipped)
+
+
+def canonical_products(lines: DataFrame) -> DataFrame:
+    """One row per stock code: its most frequent description as the title (ties: the
+    first alphabetically), and the median unit price of its sold lines."""
+    titled = lines.where(F.col("title").isNotNull() & (F.col("title") != "") & (F.col("unit_price") > 0))
+    title_counts = titled.groupBy("product_id", "title").count()
+    best_title = (
+        title_counts.withColumn(
+            "_rank",
+            F.row_number().over(Window.partitionBy("product_id").orderBy(F.col("count").desc(), F.col("title"))),
+        )
+        .where(F.col("_rank") == 1)
+        .select("product_id", "title")
+    )
+    prices = titled.groupBy("product_id").agg(F.percentile_approx("unit_price", 0.5).alias("price"))
+    codes = lines.select("product_id").distinct()
+    return (
+        codes.join(best_title, "product_id", "left")
+        .join(prices, "product_id", "left")
+        .select(
+            "product_id",
+            "title",
+            F.lit(None).cast("string").alias("description"),
+            F.lit(None).cast("string").alias("category"),
+            F.col("price").cast("string").alias("price"),
+        )
+    )

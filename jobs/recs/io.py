@@ -1,0 +1,149 @@
+"""Where things live under the data root, and file operations that work on any
+Hadoop file system (local folders, hdfs://, s3a://) through Spark's own JVM.
+
+Layout of the data root:
+    runs/<run_id>/<table>/          Parquet written by the steps of one DAG run
+    runs/<run_id>/stats/<step>.json what each step measured (counts, k, variance, ...)
+    embedding_cache/<space>/        content-addressed embeddings shared by all runs
+    published/versions/<run_id>/    complete published versions, one per run
+    published/CURRENT               the run id of the version readers should use
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+PUBLISHED_TABLES = ("user_recommendations", "similar_products", "product_clusters", "popular_products", "run_summary")
+CURRENT_POINTER = "CURRENT"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    data_root: str
+    run_id: str
+
+    @property
+    def run_dir(self) -> str:
+        return f"{self.data_root}/runs/{self.run_id}"
+
+    def table(self, name: str) -> str:
+        return f"{self.run_dir}/{name}"
+
+    def stats(self, step: str) -> str:
+        return f"{self.run_dir}/stats/{step}.json"
+
+    def model(self, name: str) -> str:
+        return f"{self.run_dir}/models/{name}"
+
+    @property
+    def embedding_cache(self) -> str:
+        return f"{self.data_root}/embedding_cache"
+
+    @property
+    def published(self) -> str:
+        return f"{self.data_root}/published"
+
+    def published_version(self, run_id: str | None = None) -> str:
+        return f"{self.published}/versions/{run_id or self.run_id}"
+
+
+def read_table(spark: SparkSession, path: str) -> DataFrame:
+    if not exists(spark, path):
+        raise FileNotFoundError(f"expected table at {path}: did the step before this one run for this run id?")
+    return spark.read.parquet(path)
+
+
+def write_table(df: DataFrame, path: str) -> None:
+    df.write.mode("overwrite").parquet(path)
+
+
+# --- Hadoop file system helpers ---------------------------------------------
+
+
+def _fs_and_path(spark: SparkSession, path: str):
+    jvm = spark.sparkContext._jvm
+    hadoop_path = jvm.org.apache.hadoop.fs.Path(path)
+    return hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hadoop_path
+
+
+def exists(spark: SparkSession, path: str) -> bool:
+    fs, hadoop_path = _fs_and_path(spark, path)
+    return bool(fs.exists(hadoop_path))
+
+
+def delete(spark: SparkSession, path: str) -> None:
+    fs, hadoop_path = _fs_and_path(spark, path)
+    fs.delete(hadoop_path, True)
+
+
+def list_dir(spark: SparkSession, path: str) -> list[str]:
+    fs, hadoop_path = _fs_and_path(spark, path)
+    if not fs.exists(hadoop_path):
+        return []
+    return sorted(status.getPath().getName() for status in fs.listStatus(hadoop_path))
+
+
+def read_text(spark: SparkSession, path: str) -> str:
+    fs, hadoop_path = _fs_and_path(spark, path)
+    jvm = spark.sparkContext._jvm
+    stream = fs.open(hadoop_path)
+    try:
+        return jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
+    finally:
+        stream.close()
+
+
+def write_text(spark: SparkSession, path: str, text: str) -> None:
+    """Write a small file so that readers see the old content or the new, never a part.
+
+    The text goes to a temporary file beside the target, then is renamed over it
+    with OVERWRITE: atomic on local and HDFS; on object stores the final copy is a
+    single PUT, which readers also see whole.
+    """
+    jvm = spark.sparkContext._jvm
+    fs, target = _fs_and_path(spark, path)
+    temporary = jvm.org.apache.hadoop.fs.Path(target.getParent(), f".{target.getName()}.{uuid.uuid4().hex}.tmp")
+    stream = fs.create(temporary, True)
+    try:
+        stream.write(bytearray(text.encode("utf-8")))
+    finally:
+        stream.close()
+    context = jvm.org.apache.hadoop.fs.FileContext.getFileContext(
+        target.toUri(), spark.sparkContext._jsc.hadoopConfiguration()
+    )
+    gateway = spark.sparkContext._gateway
+    options = gateway.new_array(jvm.org.apache.hadoop.fs.Options.Rename, 1)
+    options[0] = jvm.org.apache.hadoop.fs.Options.Rename.OVERWRITE
+    context.rename(temporary, target, options)
+
+
+def write_json(spark: SparkSession, path: str, payload: dict[str, Any]) -> None:
+    write_text(spark, path, json.dumps(payload, indent=2, sort_keys=True, default=str))
+
+
+def read_json(spark: SparkSession, path: str) -> dict[str, Any]:
+    return json.loads(read_text(spark, path))
+
+
+# --- published versions -------------------------------------------------------
+
+
+def current_published_run(spark: SparkSession, published_root: str) -> str | None:
+    pointer = f"{published_root}/{CURRENT_POINTER}"
+    return read_text(spark, pointer).strip() if exists(spark, pointer) else None
+
+
+def read_published(spark: SparkSession, published_root: str, table: str) -> DataFrame:
+    """What a storefront job reads: the table of the version CURRENT points to."""
+    run_id = current_published_run(spark, published_root)
+    if run_id is None:
+        raise FileNotFoundError(f"nothing published yet under {published_root}")
+    return spark.read.parquet(f"{published_root}/versions/{run_id}/{table}")

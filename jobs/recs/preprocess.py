@@ -1,0 +1,157 @@
+"""Step 1: read the raw catalog and behaviour, clean and validate them, and set every
+row that cannot be used aside in `quarantine` with its reason."""
+
+from __future__ import annotations
+
+import html
+import logging
+
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession, Window, functions as F, types as T
+
+from recs import importers
+from recs.config import EVENT_TYPES, RecsConfig
+from recs.contract import EVENT_COLUMNS, PRODUCT_COLUMNS, quarantined, with_record
+from recs.io import RunPaths, write_table
+
+log = logging.getLogger(__name__)
+
+TEXT_SEPARATOR = ". "
+
+
+@F.pandas_udf(T.StringType())
+def _html_unescape(texts: pd.Series) -> pd.Series:
+    return texts.map(lambda text: html.unescape(text) if isinstance(text, str) else text)
+
+
+def normalise_text(column: F.Column) -> F.Column:
+    """Unescape HTML entities, drop tags, collapse white space, trim; empty becomes null."""
+    # Only rows that hold an entity pay for the Python round trip.
+    unescaped = F.when(column.contains("&"), _html_unescape(column)).otherwise(column)
+    without_tags = F.regexp_replace(unescaped, r"</?[A-Za-z][^>]*>", " ")
+    collapsed = F.trim(F.regexp_replace(without_tags, r"\s+", " "))
+    return F.when(collapsed == "", None).otherwise(collapsed)
+
+
+def _blank_to_null(column: F.Column) -> F.Column:
+    trimmed = F.trim(column)
+    return F.when(trimmed == "", None).otherwise(trimmed)
+
+
+def clean_products(raw_products: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """Raw contract products (strings) -> (products with `text`, quarantined rows)."""
+    rows = with_record(raw_products)
+    cleaned = rows.select(
+        _blank_to_null(F.col("product_id")).alias("product_id"),
+        normalise_text(F.col("title")).alias("title"),
+        normalise_text(F.col("description")).alias("description"),
+        normalise_text(F.col("category")).alias("category"),
+        _blank_to_null(F.col("price")).alias("price_text"),
+        "record",
+    ).withColumn("price", F.col("price_text").try_cast("double"))
+    reason = (
+        F.when(F.col("product_id").isNull(), "missing product_id")
+        .when(F.col("title").isNull() & F.col("description").isNull(), "no title and no description")
+        .when(F.col("price_text").isNotNull() & F.col("price").isNull(), "price is not a number")
+        .when(F.col("price") < 0, "negative price")
+    )
+    checked = cleaned.withColumn("reason", reason)
+    rejected = checked.where(F.col("reason").isNotNull())
+
+    valid = checked.where(F.col("reason").isNull()).dropDuplicates(list(PRODUCT_COLUMNS))
+    # Two different rows for one id: keep the one with the most text, set the others aside.
+    text = F.concat_ws(TEXT_SEPARATOR, "title", "category", "description")
+    ranked = valid.withColumn("text", text).withColumn(
+        "_rank",
+        F.row_number().over(
+            Window.partitionBy("product_id").orderBy(F.length("text").desc(), F.col("record"))
+        ),
+    )
+    duplicates = ranked.where(F.col("_rank") > 1).withColumn("reason", F.lit("duplicate product_id"))
+    products = ranked.where(F.col("_rank") == 1).select(*PRODUCT_COLUMNS, "text")
+    quarantine = quarantined(rejected, "products").unionByName(quarantined(duplicates, "products"))
+    return products, quarantine
+
+
+def parse_timestamp(column: F.Column) -> F.Column:
+    """ISO-8601 text (with or without 'T' and zone), or epoch seconds."""
+    as_epoch = F.when(column.rlike(r"^\d{9,10}(\.\d+)?$"), F.timestamp_seconds(column.try_cast("double")))
+    return F.coalesce(as_epoch, column.try_cast("timestamp"))
+
+
+def clean_events(raw_events: DataFrame, products: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """Raw contract events (strings) -> (valid events of known products, quarantined rows)."""
+    rows = with_record(raw_events)
+    quantity_text = _blank_to_null(F.col("quantity"))
+    cleaned = rows.select(
+        _blank_to_null(F.col("user_id")).alias("user_id"),
+        _blank_to_null(F.col("product_id")).alias("product_id"),
+        F.lower(_blank_to_null(F.col("event_type"))).alias("event_type"),
+        # A view or a cart without a quantity counts once.
+        F.coalesce(quantity_text.try_cast("double"), F.when(quantity_text.isNull(), F.lit(1.0))).alias("quantity"),
+        parse_timestamp(_blank_to_null(F.col("ts"))).alias("ts"),
+        "record",
+    )
+    reason = (
+        F.when(F.col("user_id").isNull(), "missing user_id")
+        .when(F.col("product_id").isNull(), "missing product_id")
+        .when(~F.col("event_type").isin(*EVENT_TYPES), "unknown event_type")
+        .when(
+            F.col("quantity").isNull() | (F.col("quantity") <= 0) | (F.col("quantity") != F.floor("quantity")),
+            "quantity is not a positive whole number",
+        )
+        .when(F.col("ts").isNull(), "bad timestamp")
+    )
+    checked = cleaned.withColumn("reason", reason)
+    rejected = checked.where(F.col("reason").isNotNull())
+    valid = checked.where(F.col("reason").isNull()).withColumn("quantity", F.col("quantity").cast("int"))
+
+    known = products.select("product_id", F.lit(True).alias("_known"))
+    matched = valid.join(known, "product_id", "left")
+    unknown = matched.where(F.col("_known").isNull()).withColumn("reason", F.lit("unknown product_id"))
+    events = matched.where(F.col("_known")).select(*EVENT_COLUMNS).dropDuplicates(list(EVENT_COLUMNS))
+    quarantine = quarantined(rejected, "events").unionByName(quarantined(unknown, "events"))
+    return events, quarantine
+
+
+def run(spark: SparkSession, config: RecsConfig, paths: RunPaths) -> dict:
+    # Extract
+    source = importers.read_source(spark, config.input_path, config.input_format)
+    # Transform
+    products, product_quarantine = clean_products(source.products)
+    products = products.cache()
+    events, event_quarantine = clean_events(source.events, products)
+    quarantine = source.skipped.unionByName(product_quarantine).unionByName(event_quarantine)
+    # Load
+    write_table(products, paths.table("products"))
+    write_table(events, paths.table("events"))
+    write_table(quarantine, paths.table("quarantine"))
+
+    written_products = spark.read.parquet(paths.table("products")).count()
+    written_events = spark.read.parquet(paths.table("events"))
+    stats = {
+        "input_path": config.input_path,
+        "input_format": config.input_format,
+        "products_in": source.products.count(),
+        "events_in": source.events.count(),
+        "products_out": written_products,
+        "events_out": written_events.count(),
+        "users": written_events.select("user_id").distinct().count(),
+        "quarantine": {
+            f"{row['source']}: {row['reason']}": row["count"]
+            for row in spark.read.parquet(paths.table("quarantine")).groupBy("source", "reason").count().collect()
+        },
+    }
+    if stats["products_out"] == 0:
+        raise ValueError(f"no valid products in {config.input_path}; see {paths.table('quarantine')}")
+    if stats["events_out"] == 0:
+        raise ValueError(f"no valid events in {config.input_path}; see {paths.table('quarantine')}")
+    stats["exact_duplicates_dropped"] = (
+        stats["products_in"] + stats["events_in"] + source.skipped.count()
+        - stats["products_out"] - stats["events_out"] - sum(stats["quarantine"].values())
+    )
+    log.info(
+        "products %d in -> %d out; events %d in -> %d out; quarantined %s",
+        stats["products_in"], stats["products_out"], stats["events_in"], stats["events_out"], stats["quarantine"],
+    )
+    return stats
