@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame, functions as F, types as T
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 PRODUCT_COLUMNS = ("product_id", "title", "description", "category", "price")
 EVENT_COLUMNS = ("user_id", "product_id", "event_type", "quantity", "ts")

@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from pyspark.sql import DataFrame, SparkSession, Window, functions as F
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
 
 from recs import io
 from recs.contract import EVENT_COLUMNS, PRODUCT_COLUMNS, QUARANTINE_SCHEMA, as_strings, quarantined, with_record

@@ -7,7 +7,9 @@ import html
 import logging
 
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession, Window, functions as F, types as T
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from recs import importers
 from recs.config import EVENT_TYPES, RecsConfig

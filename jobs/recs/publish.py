@@ -11,7 +11,8 @@ import json
 import logging
 from datetime import UTC, datetime
 
-from pyspark.sql import DataFrame, SparkSession, functions as F
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from recs import io
 from recs.config import RecsConfig

@@ -19,7 +19,8 @@ from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession, Window, functions as F
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
 
 from recs import io
 from recs.config import RecsConfig
@@ -211,7 +212,10 @@ def explain(ranked: DataFrame, products: DataFrame) -> DataFrame:
     titles = products.select(F.col("product_id").alias("reason_product_id"), F.col("title").alias("_title"))
     verb = F.coalesce(*[F.when(F.col("reason_event") == e, F.lit(v)) for e, v in EVENT_VERBS.items()])
     reason = (
-        F.when(F.col("tier") == 0, F.concat(F.lit("because you "), verb, F.lit(": "), F.coalesce("_title", "reason_product_id")))
+        F.when(
+            F.col("tier") == 0,
+            F.concat(F.lit("because you "), verb, F.lit(": "), F.coalesce("_title", "reason_product_id")),
+        )
         .when(F.col("tier") == 1, F.lit("popular in a category you like"))
         .otherwise(F.lit("popular right now"))
     )

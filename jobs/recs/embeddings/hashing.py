@@ -29,7 +29,7 @@ class HashingBackend(EmbeddingBackend):
         vectors = np.zeros((len(texts), self.dimensions), dtype=np.float32)
         for row, text in enumerate(texts):
             tokens = _TOKEN.findall(text.lower())
-            for token in tokens + [f"{a}_{b}" for a, b in zip(tokens, tokens[1:])]:
+            for token in tokens + [f"{a}_{b}" for a, b in zip(tokens, tokens[1:], strict=False)]:
                 index, sign = self._bucket(token)
                 vectors[row, index] += sign
         return normalise_rows(vectors)

@@ -1,0 +1,35 @@
+"""Personalised product recommendations: six Spark jobs, from raw catalog and
+behaviour to published recommendation tables. This file only wires the tasks; the
+work is in jobs/recs/, the task factory and the Params in plugins/recs_airflow/."""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import DAG, chain
+
+from recs.config import RecsConfig
+from recs_airflow.params import dag_params
+from recs_airflow.spark_tasks import published_asset, spark_step
+
+config = RecsConfig.load()
+
+with DAG(
+    dag_id="product_recommendations",
+    description="Catalog + behaviour -> embeddings -> PCA -> K-means -> recommendations -> published tables",
+    schedule="@daily",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    params=dag_params(config),
+    tags=["recommendations", "spark"],
+    default_args={"retries": 1, "retry_delay": pendulum.duration(minutes=2)},
+    doc_md=__doc__,
+):
+    chain(
+        spark_step("preprocess"),
+        spark_step("embed"),
+        spark_step("pca"),
+        spark_step("cluster"),
+        spark_step("recommend"),
+        spark_step("publish", outlets=[published_asset(config)]),
+    )
