@@ -109,6 +109,8 @@ class RecsConfig:
                 raise ValueError(f"unknown setting {name!r}; known: {sorted(_FIELDS)}")
             if value is not None:
                 values[name] = _coerce(_FIELDS[name], value)
+        for name in ("data_root", "input_path"):
+            values[name] = absolute_location(values.get(name, _FIELDS[name].default))
         return cls(**values)
 
     def to_json(self) -> str:
@@ -140,6 +142,12 @@ def _load_dotenv() -> None:
         return
     # The existing environment wins over the file, as in every twelve-factor tool.
     load_dotenv(find_dotenv(usecwd=True), override=False)
+
+
+def absolute_location(location: str) -> str:
+    """A URI stays as it is; a relative local path is taken from the working directory,
+    since Spark would otherwise resolve it wherever spark-submit happens to run."""
+    return location if "://" in location else os.path.abspath(location)
 
 
 def safe_run_id(run_id: str) -> str:

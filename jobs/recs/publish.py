@@ -101,6 +101,11 @@ def run(spark: SparkSession, config: RecsConfig, paths: RunPaths) -> dict:
     # Extract
     tables = {name: io.read_table(spark, paths.table(name)) for name in RUN_TABLES}
     events = io.read_table(spark, paths.table("events"))
+    products = io.read_table(spark, paths.table("products"))
+    # Titles beside the clusters, so a reader can show and explain them without the catalog.
+    tables["product_clusters"] = tables["product_clusters"].join(
+        products.select("product_id", "title", "category"), "product_id", "left"
+    )
     stats = {step: io.read_json(spark, paths.stats(step)) for step in STEPS}
     # Check
     problems = check_tables(tables, events, config.top_n)

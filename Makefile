@@ -1,0 +1,65 @@
+# Two commands a fresh machine needs (Python 3.11, Java 17): `make run` and `make test`.
+# Everything else here is what they are made of.
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_SHOP := data/demo_shop
+
+# `make run INPUT=... FORMAT=online_retail CONF='{"top_n": 5}'`
+INPUT ?=
+FORMAT ?=
+CONF ?= {}
+
+.PHONY: run test setup demo-shop unit e2e lint recs similar summary airflow-ui clean
+
+setup: $(STAMP)
+
+# Reinstall only when the pinned requirements or the package metadata change.
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -c "import pyspark, airflow.providers.apache.spark; print('pyspark', pyspark.__version__)"
+	touch $(STAMP)
+
+demo-shop: setup
+	test -f $(DEMO_SHOP)/products.csv || $(BIN)/python -m recs.synthetic --out $(DEMO_SHOP)
+
+run: setup
+	@if [ -z "$(INPUT)" ]; then $(MAKE) --no-print-directory demo-shop; fi
+	PYTHONPATH=plugins $(BIN)/python -m recs_airflow.local_run \
+		$(if $(INPUT),--input "$(INPUT)") $(if $(FORMAT),--format "$(FORMAT)") --conf '$(CONF)'
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+unit: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not e2e"
+
+e2e: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m e2e
+
+lint: setup
+	$(BIN)/ruff check .
+
+# Look at what was published: make recs USER=U00042 / make similar PRODUCT=P00017
+# (USER defaults to your login name, which has no history: you get the popular products.)
+recs: setup
+	@$(BIN)/python -m recs.reader user "$(USER)"
+
+similar: setup
+	@$(BIN)/python -m recs.reader similar "$(PRODUCT)"
+
+summary: setup
+	@$(BIN)/python -m recs.reader summary
+
+# The Airflow UI with the DAG, on http://127.0.0.1:8080 (see README).
+airflow-ui: setup
+	PYTHONPATH=plugins $(BIN)/python -m recs_airflow.local_run --ui
+
+clean:
+	rm -rf .airflow dist data/runs data/published

@@ -1,0 +1,32 @@
+"""The whole DAG on the real UCI Online Retail data from ../shared/data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from published_checks import check_published
+
+from recs.config import safe_run_id
+
+pytestmark = pytest.mark.e2e
+ONLINE_RETAIL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "online_retail" / "online_retail.csv.gz"
+TOP_N = 10
+
+
+@pytest.mark.skipif(not ONLINE_RETAIL.exists(), reason=f"{ONLINE_RETAIL} is not there")
+def test_dag_publishes_sound_tables_for_online_retail(tmp_path, run_dag):
+    data_root = tmp_path / "data"
+    conf = {"input_path": str(ONLINE_RETAIL), "input_format": "online_retail", "top_n": TOP_N}
+    run_id, state = run_dag(data_root, conf, {"OPENAI_API_KEY": ""})
+    assert state == "success"
+
+    run_dir = data_root / "runs" / safe_run_id(run_id)
+    figures = check_published(str(data_root), str(run_dir), TOP_N)
+    preprocess = json.loads((run_dir / "stats" / "preprocess.json").read_text())
+    # The usual cleaning gives 4,339 customers; the importer must find them all.
+    assert figures["users"] == 4339
+    assert preprocess["quarantine"]["online_retail: cancellation"] > 9000
+    assert preprocess["quarantine"]["online_retail: guest checkout (no CustomerID)"] > 100_000
+    assert 3600 <= preprocess["products_out"] <= 3900
