@@ -13,6 +13,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 INPUT_FORMATS = ("contract", "online_retail")
@@ -71,6 +72,9 @@ class RecsConfig:
     shuffle_partitions: int = field(default=8, metadata={"env": "RECS_SHUFFLE_PARTITIONS"})
     # Published versions kept besides the current one.
     keep_versions: int = field(default=5, metadata={"env": "RECS_KEEP_VERSIONS"})
+    # PostgreSQL schema the publish step writes to when RECS_DATABASE_URL is set (recs/postgres.py;
+    # the URL itself is a secret, read from the environment, never a setting).
+    database_schema: str = field(default="recs", metadata={"env": "RECS_DATABASE_SCHEMA"})
     seed: int = field(default=42, metadata={"env": "RECS_SEED"})
 
     def __post_init__(self) -> None:
@@ -88,6 +92,8 @@ class RecsConfig:
             raise ValueError(f"need 2 <= k_min <= k_max, got {self.k_min}..{self.k_max}")
         if self.top_n < 1:
             raise ValueError(f"top_n must be at least 1, got {self.top_n}")
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", self.database_schema):
+            raise ValueError(f"database_schema must be a lower-case SQL identifier, got {self.database_schema!r}")
 
     @property
     def event_weights(self) -> dict[str, float]:
@@ -141,7 +147,9 @@ def _load_dotenv() -> None:
     except ImportError:  # executors without python-dotenv get their env from the cluster
         return
     # The existing environment wins over the file, as in every twelve-factor tool.
+    # Look from the working directory up, then in the repository beside this package.
     load_dotenv(find_dotenv(usecwd=True), override=False)
+    load_dotenv(Path(__file__).resolve().parents[2] / ".env", override=False)
 
 
 def absolute_location(location: str) -> str:

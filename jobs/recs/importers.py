@@ -114,19 +114,22 @@ def import_online_retail(raw: DataFrame) -> Source:
 
 
 def canonical_products(lines: DataFrame) -> DataFrame:
-    """One row per stock code: its most frequent description as the title (ties: the
-    first alphabetically), and the median unit price of its sold lines."""
-    titled = lines.where(F.col("title").isNotNull() & (F.col("title") != "") & (F.col("unit_price") > 0))
-    title_counts = titled.groupBy("product_id", "title").count()
-    best_title = (
-        title_counts.withColumn(
-            "_rank",
-            F.row_number().over(Window.partitionBy("product_id").orderBy(F.col("count").desc(), F.col("title"))),
-        )
-        .where(F.col("_rank") == 1)
-        .select("product_id", "title")
+    """One row per stock code: its most frequent description as the title, preferring
+    descriptions of priced lines (zero-price lines carry notes like "damaged"; ties: the
+    first alphabetically), and the median unit price of its priced lines."""
+    titled = lines.where(F.col("title").isNotNull() & (F.col("title") != ""))
+    title_counts = titled.groupBy("product_id", "title").agg(
+        F.count("*").alias("count"), F.max(F.col("unit_price") > 0).alias("priced")
     )
-    prices = titled.groupBy("product_id").agg(F.percentile_approx("unit_price", 0.5).alias("price"))
+    order = Window.partitionBy("product_id").orderBy(F.col("priced").desc(), F.col("count").desc(), F.col("title"))
+    best_title = (
+        title_counts.withColumn("_rank", F.row_number().over(order)).where(F.col("_rank") == 1).select("product_id", "title")
+    )
+    prices = (
+        titled.where(F.col("unit_price") > 0)
+        .groupBy("product_id")
+        .agg(F.percentile_approx("unit_price", 0.5).alias("price"))
+    )
     codes = lines.select("product_id").distinct()
     return (
         codes.join(best_title, "product_id", "left")

@@ -12,15 +12,25 @@ import io
 import os
 import zipfile
 from pathlib import Path
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.sdk import Asset
+from airflow.sdk import Asset, BaseHook
+from airflow.sdk.exceptions import AirflowNotFoundException
+from airflow.sdk.log import mask_secret
 
 from recs.config import RecsConfig
 
 REPO = Path(__file__).resolve().parents[2]
-JOBS_DIR = Path(os.environ.get("RECS_JOBS_DIR", REPO / "jobs"))
-BUILD_DIR = Path(os.environ.get("RECS_BUILD_DIR", REPO / "dist"))
+
+
+def jobs_dir() -> Path:
+    """Where the job files are, as the Airflow worker sees them (read when needed, after `.env`)."""
+    return Path(os.environ.get("RECS_JOBS_DIR") or REPO / "jobs")
+
+
+def build_dir() -> Path:
+    return Path(os.environ.get("RECS_BUILD_DIR") or REPO / "dist")
 
 # Job-level Spark settings that do not depend on the cluster. Resource sizing
 # (executor memory, cores) belongs to the `spark_default` connection's extras or
@@ -33,8 +43,10 @@ SPARK_CONF = {
 }
 
 
-def build_package_zip(source: Path = JOBS_DIR / "recs", build_dir: Path = BUILD_DIR) -> Path:
+def build_package_zip(source: Path | None = None, target_dir: Path | None = None) -> Path:
     """Zip the `recs` package, named by its content hash; concurrent builds agree."""
+    source = source or jobs_dir() / "recs"
+    target_dir = target_dir or build_dir()
     files = sorted(p for p in source.rglob("*.py") if "__pycache__" not in p.parts)
     payload = io.BytesIO()
     with zipfile.ZipFile(payload, "w", zipfile.ZIP_DEFLATED) as archive:
@@ -42,13 +54,76 @@ def build_package_zip(source: Path = JOBS_DIR / "recs", build_dir: Path = BUILD_
             info = zipfile.ZipInfo(str(path.relative_to(source.parent)), date_time=(2020, 1, 1, 0, 0, 0))
             archive.writestr(info, path.read_bytes())
     digest = hashlib.sha256(payload.getvalue()).hexdigest()[:16]
-    target = build_dir / f"recs-{digest}.zip"
+    target = target_dir / f"recs-{digest}.zip"
     if not target.exists():
-        build_dir.mkdir(parents=True, exist_ok=True)
+        target_dir.mkdir(parents=True, exist_ok=True)
         temporary = target.with_suffix(f".{os.getpid()}.tmp")
         temporary.write_bytes(payload.getvalue())
         os.replace(temporary, target)
     return target
+
+
+OPENAI_CONNECTION = "openai_default"
+
+
+def export_openai_key() -> None:
+    """Put the OpenAI key where spark-submit inherits it: this process's environment.
+
+    Taken from the environment or `.env` if set there, else from the Airflow
+    connection `openai_default` (its password). Never through `env_vars` or the
+    command line, which Airflow renders and logs; masked in task logs either way.
+    """
+    key = os.environ.get("OPENAI_API_KEY")
+    if not key:
+        try:
+            key = BaseHook.get_connection(OPENAI_CONNECTION).password
+        except AirflowNotFoundException:
+            return
+        if key:
+            os.environ["OPENAI_API_KEY"] = key
+    if key:
+        mask_secret(key)
+
+
+DATABASE_CONNECTION = "recs_db"
+# Debian's libpostgresql-jdbc-java, which `make setup` installs; RECS_JDBC_JARS or
+# RECS_JDBC_PACKAGES (Maven coordinates, for --packages) name the driver elsewhere.
+DEBIAN_JDBC_JAR = "/usr/share/java/postgresql.jar"
+
+
+def connection_url(connection) -> str:
+    """postgresql://login:password@host:port/schema?extras from an Airflow Postgres connection."""
+    login, password = quote(connection.login or "", safe=""), quote(connection.password or "", safe="")
+    auth = f"{login}:{password}@" if password else (f"{login}@" if login else "")
+    extras = {k: v for k, v in (connection.extra_dejson or {}).items() if isinstance(v, str | int)}
+    query = f"?{urlencode(extras)}" if extras else ""
+    return f"postgresql://{auth}{connection.host or 'localhost'}:{connection.port or 5432}/{connection.schema or 'postgres'}{query}"
+
+
+def export_database_url() -> None:
+    """Put the PostgreSQL URL where spark-submit inherits it, like the OpenAI key.
+
+    From the environment or `.env` (RECS_DATABASE_URL), else the Airflow connection
+    `recs_db`; masked in task logs (the URL and its password), never in `env_vars`
+    or the command line. Without either, the publish step writes Parquet only.
+    """
+    url = os.environ.get("RECS_DATABASE_URL")
+    if not url:
+        try:
+            url = connection_url(BaseHook.get_connection(DATABASE_CONNECTION))
+        except AirflowNotFoundException:
+            return
+        os.environ["RECS_DATABASE_URL"] = url
+    mask_secret(url)
+    password = urlsplit(url).password
+    if password:
+        mask_secret(password)
+        mask_secret(unquote(password))
+
+
+def jdbc_jars() -> str | None:
+    """The PostgreSQL JDBC driver for `--jars`: RECS_JDBC_JARS, else Debian's jar when present."""
+    return os.environ.get("RECS_JDBC_JARS") or (DEBIAN_JDBC_JAR if os.path.exists(DEBIAN_JDBC_JAR) else None)
 
 
 class RecsSparkSubmitOperator(SparkSubmitOperator):
@@ -56,6 +131,8 @@ class RecsSparkSubmitOperator(SparkSubmitOperator):
 
     def execute(self, context):
         self.py_files = str(build_package_zip())
+        export_openai_key()
+        export_database_url()
         return super().execute(context)
 
 
@@ -63,11 +140,13 @@ def spark_step(step: str, **kwargs) -> RecsSparkSubmitOperator:
     """The task running `jobs/<step>.py` for this DAG run with the run's params."""
     return RecsSparkSubmitOperator(
         task_id=step,
-        application=str(JOBS_DIR / f"{step}.py"),
+        application=str(jobs_dir() / f"{step}.py"),
         name=f"recs-{step}",
         conn_id=os.environ.get("RECS_SPARK_CONN_ID", "spark_default"),
         conf=dict(SPARK_CONF),
         application_args=["--run-id", "{{ run_id }}", "--params-json", "{{ params | tojson }}"],
+        jars=jdbc_jars(),
+        packages=os.environ.get("RECS_JDBC_PACKAGES") or None,
         **kwargs,
     )
 

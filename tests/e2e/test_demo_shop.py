@@ -6,8 +6,8 @@ import json
 import os
 
 import pytest
-from published_checks import check_published
 
+from published_checks import check_published
 from recs.config import safe_run_id
 from recs.synthetic import ShopSize, write_shop
 
