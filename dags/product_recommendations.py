@@ -1,5 +1,5 @@
-"""Personalised product recommendations: six Spark jobs, from raw catalog and
-behaviour to published recommendation tables. This file only wires the tasks; the
+"""Personalised product recommendations: seven Spark jobs, from raw catalog and
+behaviour to evaluated, published recommendation tables. This file only wires the tasks; the
 work is in jobs/recs/, the task factory and the Params in plugins/recs_airflow/."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ config = RecsConfig.load()
 
 with DAG(
     dag_id="product_recommendations",
-    description="Catalog + behaviour -> embeddings -> PCA -> K-means -> recommendations -> published tables",
+    description="Catalog + behaviour -> embeddings -> PCA -> K-means -> recommendations -> evaluation -> published",
     schedule="@daily",
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
@@ -31,5 +31,6 @@ with DAG(
         spark_step("pca"),
         spark_step("cluster"),
         spark_step("recommend"),
+        spark_step("evaluate"),
         spark_step("publish", outlets=[published_asset(config)]),
     )

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-INPUT_FORMATS = ("contract", "online_retail")
+INPUT_FORMATS = ("contract", "online_retail", "amazon_reviews")
 EMBEDDING_BACKENDS = ("auto", "openai", "local", "hashing")
 EVENT_TYPES = ("view", "add_to_cart", "purchase")
 
@@ -57,17 +57,43 @@ class RecsConfig:
     k_max: int = field(default=24, metadata={"env": "RECS_K_MAX"})
 
     top_n: int = field(default=10, metadata={"env": "RECS_TOP_N"})
-    # Neighbours kept per product in the item-item graph the recommender walks.
+    # Neighbours kept per product in each item-item signal.
     neighbours_per_product: int = field(default=50, metadata={"env": "RECS_NEIGHBOURS"})
     view_weight: float = field(default=1.0, metadata={"env": "RECS_VIEW_WEIGHT"})
     cart_weight: float = field(default=3.0, metadata={"env": "RECS_CART_WEIGHT"})
     purchase_weight: float = field(default=5.0, metadata={"env": "RECS_PURCHASE_WEIGHT"})
     recency_half_life_days: float = field(default=30.0, metadata={"env": "RECS_HALF_LIFE_DAYS"})
-    # How much the text-embedding neighbours count next to co-occurrence neighbours.
-    content_weight: float = field(default=0.3, metadata={"env": "RECS_CONTENT_WEIGHT"})
     # Users whose history is longer only contribute their most recent products to
-    # co-occurrence pairs: keeps the self-join linear in practice (wholesalers).
-    max_history_for_pairs: int = field(default=200, metadata={"env": "RECS_MAX_HISTORY_PAIRS"})
+    # co-occurrence counts: keeps the self-join linear in practice (wholesalers).
+    max_history_for_pairs: int = field(default=100, metadata={"env": "RECS_MAX_HISTORY_PAIRS"})
+    # Blend weights of the signals (see recs/model.py); tuned on validation when
+    # tune_weights is on, these are the starting point.
+    weight_covisit: float = field(default=1.0, metadata={"env": "RECS_WEIGHT_COVISIT"})
+    weight_ease: float = field(default=1.0, metadata={"env": "RECS_WEIGHT_EASE"})
+    weight_next: float = field(default=0.5, metadata={"env": "RECS_WEIGHT_NEXT"})
+    weight_content: float = field(default=0.2, metadata={"env": "RECS_WEIGHT_CONTENT"})
+    weight_cluster: float = field(default=0.0, metadata={"env": "RECS_WEIGHT_CLUSTER"})
+    weight_trend: float = field(default=0.3, metadata={"env": "RECS_WEIGHT_TREND"})
+    tune_weights: bool = field(default=True, metadata={"env": "RECS_TUNE_WEIGHTS"})
+    trend_half_life_days: float = field(default=7.0, metadata={"env": "RECS_TREND_HALF_LIFE_DAYS"})
+    ease_lambda: float = field(default=200.0, metadata={"env": "RECS_EASE_LAMBDA"})
+    # EASE inverts a dense products x products matrix: only the most popular take part.
+    ease_max_items: int = field(default=8000, metadata={"env": "RECS_EASE_MAX_ITEMS"})
+    # "Bought next": b counts as next after a within this many later products ...
+    next_window: int = field(default=3, metadata={"env": "RECS_NEXT_WINDOW"})
+    # ... walked from the user's most recent products only.
+    recent_items_for_next: int = field(default=5, metadata={"env": "RECS_RECENT_ITEMS_FOR_NEXT"})
+
+    # Evaluation: the last eval_days of the data are the test window (and, inside the
+    # train part, the validation window); metrics at eval_k.
+    eval_days: int = field(default=30, metadata={"env": "RECS_EVAL_DAYS"})
+    eval_k: int = field(default=10, metadata={"env": "RECS_EVAL_K"})
+    # Publish gate: refuse a run whose NDCG@eval_k is below the most-popular baseline,
+    # or more than this share below the last published run's ...
+    gate_tolerance: float = field(default=0.1, metadata={"env": "RECS_GATE_TOLERANCE"})
+    # ... unless an operator overrides it for one run (a DAG param; the reason is kept).
+    gate_override: bool = field(default=False, metadata={"env": "RECS_GATE_OVERRIDE"})
+    gate_override_reason: str = field(default="", metadata={"env": "RECS_GATE_OVERRIDE_REASON"})
 
     shuffle_partitions: int = field(default=8, metadata={"env": "RECS_SHUFFLE_PARTITIONS"})
     # Published versions kept besides the current one.

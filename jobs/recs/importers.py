@@ -2,6 +2,9 @@
 
 - `contract`: a folder holding products.* and events.* (CSV, gzipped CSV or Parquet).
 - `online_retail`: the UCI Online Retail transactions CSV (optionally gzipped).
+- `amazon_reviews`: a folder with `*item.json[.gz]` ({item_id: {title, description,
+  brand, categories}}) and `*inter.json[.gz]` ({user_id: [item_id, ...]} in review
+  order), as in the McAuley Amazon 5-core sets; reviews count as purchases.
 
 Rows a source holds but the contract cannot use (a cancellation, a guest checkout,
 a postage line) are returned in `skipped` with a reason, so nothing vanishes.
@@ -9,14 +12,27 @@ a postage line) are returned in `skipped` with a reason, so nothing vanishes.
 
 from __future__ import annotations
 
+import gzip
+import json
 import logging
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
+import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from recs import io
-from recs.contract import EVENT_COLUMNS, PRODUCT_COLUMNS, QUARANTINE_SCHEMA, as_strings, quarantined, with_record
+from recs.contract import (
+    EVENT_COLUMNS,
+    PRODUCT_COLUMNS,
+    QUARANTINE_SCHEMA,
+    RAW_EVENTS_SCHEMA,
+    RAW_PRODUCTS_SCHEMA,
+    as_strings,
+    quarantined,
+    with_record,
+)
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +42,9 @@ class Source:
     products: DataFrame
     events: DataFrame
     skipped: DataFrame
+    # False when `ts` only orders each user's events (the evaluation then leaves the
+    # last purchase out instead of splitting on time).
+    timestamps: bool = True
 
 
 def read_source(spark: SparkSession, input_path: str, input_format: str) -> Source:
@@ -33,6 +52,8 @@ def read_source(spark: SparkSession, input_path: str, input_format: str) -> Sour
         return read_contract(spark, input_path)
     if input_format == "online_retail":
         return import_online_retail(read_csv(spark, input_path))
+    if input_format == "amazon_reviews":
+        return import_amazon_reviews(spark, input_path)
     raise ValueError(f"unknown input format {input_format!r}")
 
 
@@ -122,9 +143,8 @@ def canonical_products(lines: DataFrame) -> DataFrame:
         F.count("*").alias("count"), F.max(F.col("unit_price") > 0).alias("priced")
     )
     order = Window.partitionBy("product_id").orderBy(F.col("priced").desc(), F.col("count").desc(), F.col("title"))
-    best_title = (
-        title_counts.withColumn("_rank", F.row_number().over(order)).where(F.col("_rank") == 1).select("product_id", "title")
-    )
+    ranked = title_counts.withColumn("_rank", F.row_number().over(order))
+    best_title = ranked.where(F.col("_rank") == 1).select("product_id", "title")
     prices = (
         titled.where(F.col("unit_price") > 0)
         .groupBy("product_id")
@@ -141,4 +161,53 @@ def canonical_products(lines: DataFrame) -> DataFrame:
             F.lit(None).cast("string").alias("category"),
             F.col("price").cast("string").alias("price"),
         )
+    )
+
+
+def _read_json_file(spark: SparkSession, folder: str, pattern: str) -> dict:
+    """One JSON document matching `pattern` in `folder`, read through Spark's file
+    system layer (any Hadoop URI); these research files are a few MB."""
+    files = spark.read.format("binaryFile").option("pathGlobFilter", pattern).load(folder).select("path", "content")
+    found = files.collect()
+    if len(found) != 1:
+        raise FileNotFoundError(f"expected one file matching {pattern} in {folder}, found {len(found)}")
+    raw = bytes(found[0]["content"])
+    return json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
+
+
+# Reviews carry no time: each user's reviews are spaced a day apart in their order, so
+# `ts` orders a user's events and nothing more (Source.timestamps is False).
+_ORDER_ONLY_EPOCH = datetime(2000, 1, 1)
+
+
+def import_amazon_reviews(spark: SparkSession, folder: str) -> Source:
+    items = _read_json_file(spark, folder, "*item.json*")
+    interactions = _read_json_file(spark, folder, "*inter.json*")
+    products = pd.DataFrame(
+        [
+            {
+                "product_id": str(item_id),
+                "title": item.get("title"),
+                "description": ". ".join(part for part in (item.get("brand"), item.get("description")) if part),
+                "category": item.get("categories"),
+                "price": None,
+            }
+            for item_id, item in items.items()
+        ],
+        columns=list(PRODUCT_COLUMNS),
+    )
+    events = pd.DataFrame(
+        [
+            (str(user_id), str(item_id), "purchase", "1",
+             (_ORDER_ONLY_EPOCH + timedelta(days=position)).strftime("%Y-%m-%dT%H:%M:%SZ"))
+            for user_id, item_ids in interactions.items()
+            for position, item_id in enumerate(item_ids)
+        ],
+        columns=list(EVENT_COLUMNS),
+    )
+    return Source(
+        spark.createDataFrame(products.astype(object).where(products.notna(), None), schema=RAW_PRODUCTS_SCHEMA),
+        spark.createDataFrame(events, schema=RAW_EVENTS_SCHEMA),
+        spark.createDataFrame([], QUARANTINE_SCHEMA),
+        timestamps=False,
     )

@@ -54,7 +54,11 @@ def clean_products(raw_products: DataFrame) -> tuple[DataFrame, DataFrame]:
     reason = (
         F.when(F.col("product_id").isNull(), "missing product_id")
         .when(F.col("title").isNull() & F.col("description").isNull(), "no title and no description")
-        .when(F.col("price_text").isNotNull() & F.col("price").isNull(), "price is not a number")
+        .when(
+            F.col("price_text").isNotNull()
+            & (F.col("price").isNull() | F.isnan("price") | (F.abs("price") == float("inf"))),
+            "price is not a number",
+        )
         .when(F.col("price") < 0, "negative price")
     )
     checked = cleaned.withColumn("reason", reason)
@@ -97,11 +101,12 @@ def clean_events(raw_events: DataFrame, products: DataFrame) -> tuple[DataFrame,
     reason = (
         F.when(F.col("user_id").isNull(), "missing user_id")
         .when(F.col("product_id").isNull(), "missing product_id")
-        .when(~F.col("event_type").isin(*EVENT_TYPES), "unknown event_type")
+        .when(F.col("event_type").isNull() | ~F.col("event_type").isin(*EVENT_TYPES), "unknown event_type")
         .when(
             F.col("quantity").isNull() | (F.col("quantity") <= 0) | (F.col("quantity") != F.floor("quantity")),
             "quantity is not a positive whole number",
         )
+        .when(F.col("quantity") > 2147483647, "quantity is too large")
         .when(F.col("ts").isNull(), "bad timestamp")
     )
     checked = cleaned.withColumn("reason", reason)
@@ -134,6 +139,7 @@ def run(spark: SparkSession, config: RecsConfig, paths: RunPaths) -> dict:
     stats = {
         "input_path": config.input_path,
         "input_format": config.input_format,
+        "timestamps": source.timestamps,
         "products_in": source.products.count(),
         "events_in": source.events.count(),
         "products_out": written_products,

@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from recs.config import INPUT_FORMATS
+
 REPO = Path(__file__).resolve().parents[2]
 DAG_ID = "product_recommendations"
 LOCAL_SPARK = json.dumps({"conn_type": "spark", "host": "local[*]"})
@@ -84,7 +86,7 @@ def _is_progress(line: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input", help="input folder or file (default: RECS_INPUT)")
-    parser.add_argument("--format", choices=["contract", "online_retail"], help="input format")
+    parser.add_argument("--format", choices=INPUT_FORMATS, help="input format")
     parser.add_argument("--conf", default="{}", help="more DAG params as JSON, e.g. '{\"top_n\": 5}'")
     parser.add_argument("--ui", action="store_true", help="start `airflow standalone` instead (UI on port 8080)")
     args = parser.parse_args(argv)

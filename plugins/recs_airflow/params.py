@@ -38,4 +38,9 @@ def dag_params(config: RecsConfig | None = None) -> dict[str, Param]:
         "top_n": Param(
             config.top_n, type="integer", minimum=1, maximum=500, title="Recommendations per user and product"
         ),
+        "gate_override": Param(
+            False, type="boolean", title="Publish even if the quality gate fails",
+            description="For this run only; the reason below is recorded in run_summary and the report.",
+        ),
+        "gate_override_reason": Param("", type="string", title="Why the gate is overridden"),
     }

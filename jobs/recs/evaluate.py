@@ -1,0 +1,369 @@
+"""Evaluation: the recommender against strong baselines on a split the model never saw.
+
+Protocols:
+- time split (data with timestamps): train on events before a cutoff (the last
+  `eval_days` are the test window); test users had history before the cutoff and
+  bought, in the window, something they had not bought before;
+- leave last out (event order only): each user's last purchase is the test item.
+Validation is carved from the train part the same way, and every hyper-parameter
+(ours and the baselines') is chosen there, never on the test window. The whole
+catalog is ranked (no sampled negatives), without what the user bought before.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from pyspark.ml.recommendation import ALS
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from scipy import sparse
+
+from recs import io
+from recs import model as recommender
+from recs.config import RecsConfig
+from recs.io import RunPaths, write_table
+from recs.metrics import metrics_at_k
+from recs.model import ItemIndex, Model
+
+log = logging.getLogger(__name__)
+
+TIME_SPLIT, LEAVE_LAST_OUT = "time_split", "leave_last_out"
+TREND_HALF_LIVES = (1.0, 3.0, 7.0, 14.0, 30.0, 90.0)
+EASE_LAMBDAS = (50.0, 100.0, 200.0, 500.0, 1000.0)
+ALS_GRID = ({"regParam": 0.1, "alpha": 1.0}, {"regParam": 1.0, "alpha": 1.0}, {"regParam": 0.1, "alpha": 10.0})
+ALS_RANK = 64
+FEW_PURCHASES = 2  # users with at most this many past purchases form the "few" segment
+FEW_BUYERS = 5  # products with at most this many buyers before the cutoff form the "tail"
+
+
+@dataclass
+class Split:
+    train: DataFrame
+    relevant: pd.DataFrame  # user_id, product_id
+    protocol: str
+
+
+def time_split(events: DataFrame, days: int) -> Split:
+    newest = events.agg(F.max("ts")).first()[0]
+    cutoff = F.lit(newest) - F.expr(f"INTERVAL {int(days)} DAYS")
+    train = events.where(F.col("ts") < cutoff)
+    window = events.where((F.col("ts") >= cutoff) & (F.col("event_type") == "purchase"))
+    bought_before = train.where(F.col("event_type") == "purchase").select("user_id", "product_id").distinct()
+    relevant = (
+        window.select("user_id", "product_id")
+        .distinct()
+        .join(train.select("user_id").distinct(), "user_id")
+        .join(bought_before, ["user_id", "product_id"], "left_anti")
+    )
+    return Split(train, relevant.toPandas(), TIME_SPLIT)
+
+
+def leave_last_out(events: DataFrame) -> Split:
+    purchases = events.where(F.col("event_type") == "purchase")
+    order = Window.partitionBy("user_id").orderBy(F.col("ts").desc(), F.col("product_id").desc())
+    ranked = purchases.withColumn("_from_end", F.row_number().over(order))
+    last = ranked.where(F.col("_from_end") == 1).select("user_id", "product_id", F.col("ts").alias("_last_ts"))
+    # Train on everything before the held-out purchase; users need something left.
+    train = events.join(last.select("user_id", "_last_ts"), "user_id", "left").where(
+        F.col("_last_ts").isNull() | (F.col("ts") < F.col("_last_ts"))
+    ).drop("_last_ts")
+    train_pairs = train.where(F.col("event_type") == "purchase").select("user_id", "product_id").distinct()
+    relevant = (
+        last.select("user_id", "product_id")
+        .join(train.select("user_id").distinct(), "user_id")
+        .join(train_pairs, ["user_id", "product_id"], "left_anti")
+    )
+    return Split(train, relevant.toPandas(), LEAVE_LAST_OUT)
+
+
+def make_split(events: DataFrame, protocol: str, days: int) -> Split:
+    return time_split(events, days) if protocol == TIME_SPLIT else leave_last_out(events)
+
+
+@dataclass
+class EvalSet:
+    """A split as numpy: its test users' histories, what to exclude, what is relevant."""
+
+    users: list[str]
+    history: pd.DataFrame
+    excluded: sparse.csr_matrix
+    relevant: sparse.csr_matrix
+    buyers: np.ndarray  # users who bought each product in the train part
+    train_users: int
+    purchases_per_user: np.ndarray
+
+
+def eval_set(split: Split, index: ItemIndex, config: RecsConfig, half_life_days: float | None = None) -> EvalSet:
+    relevant = split.relevant[index.positions(split.relevant["product_id"]) >= 0]
+    users = sorted(relevant["user_id"].unique())
+    spark = split.train.sparkSession
+    wanted = spark.createDataFrame(pd.DataFrame({"user_id": users}))
+    user_items = recommender.user_item_weights(split.train, config, half_life_days)
+    history = recommender.scoring_history(user_items.join(F.broadcast(wanted), "user_id")).toPandas()
+    bought = history[history["purchased"]].assign(one=1.0)
+    buyers = (
+        split.train.where(F.col("event_type") == "purchase").groupBy("product_id")
+        .agg(F.countDistinct("user_id").alias("buyers")).toPandas()
+    )
+    buyer_counts = np.zeros(len(index))
+    positions = index.positions(buyers["product_id"])
+    buyer_counts[positions[positions >= 0]] = buyers["buyers"].to_numpy()[positions >= 0]
+    excluded = recommender.history_matrix(bought, users, index, "one")
+    return EvalSet(
+        users=users,
+        history=history,
+        excluded=excluded,
+        relevant=recommender.history_matrix(relevant.assign(one=1.0), users, index, "one"),
+        buyers=buyer_counts,
+        train_users=split.train.select("user_id").distinct().count(),
+        purchases_per_user=np.asarray(excluded.sum(axis=1)).ravel(),
+    )
+
+
+def binary_history(evaluation: EvalSet, index: ItemIndex) -> sparse.csr_matrix:
+    return recommender.history_matrix(evaluation.history.assign(one=1.0), evaluation.users, index, "one")
+
+
+# --- Our recommender, tuned on validation -----------------------------------------
+
+
+def tune_trend_half_life(
+    events: DataFrame, index: ItemIndex, evaluation: EvalSet, config: RecsConfig
+) -> tuple[float, dict[float, np.ndarray]]:
+    """The half-life whose trending list ranks best on `evaluation` (the trending baseline)."""
+    trends = {h: recommender.trend_vector(events, index, h, config) for h in TREND_HALF_LIVES}
+    scores = {
+        h: recommender.ndcg(np.tile(t, (len(evaluation.users), 1)), evaluation.excluded, evaluation.relevant,
+                            config.eval_k)
+        for h, t in trends.items()
+    }
+    return max(scores, key=scores.get), trends
+
+
+def tuned_model(
+    events: DataFrame, index: ItemIndex, content: pd.DataFrame, clusters: pd.DataFrame, config: RecsConfig,
+    protocol: str,
+) -> tuple[Model, dict]:
+    """Choose the blend weights and the trend half-life on a validation split carved
+    from `events`, then fit on all of `events` with them."""
+    if not config.tune_weights:
+        return recommender.fit_model(events, index, content, clusters, config), {"tuned": False}
+    validation = make_split(events, protocol, config.eval_days)
+    if validation.relevant.empty:
+        log.warning("no validation users: using the configured weights")
+        return recommender.fit_model(events, index, content, clusters, config), {"tuned": False}
+    validation_set = eval_set(validation, index, config)
+    half_life, _ = tune_trend_half_life(validation.train, index, validation_set, config)
+    validation_model = recommender.fit_model(
+        validation.train, index, content, clusters, config, trend_half_life_days=half_life
+    )
+    scores = recommender.signal_scores(validation_model, validation_set.history, validation_set.users)
+    weights, validation_ndcg = recommender.tune_weights(
+        scores, validation_set.excluded, validation_set.relevant, config.eval_k, recommender.default_weights(config)
+    )
+    log.info("tuned on %d validation users: weights %s, trend half-life %s days, NDCG@%d %.4f",
+             len(validation_set.users), weights, half_life, config.eval_k, validation_ndcg)
+    model = recommender.fit_model(events, index, content, clusters, config, weights, half_life)
+    return model, {
+        "tuned": True, "weights": weights, "trend_half_life_days": half_life,
+        "validation_ndcg": validation_ndcg, "validation_users": len(validation_set.users),
+    }
+
+
+# --- Baselines ------------------------------------------------------------------------
+
+
+def tiled(vector: np.ndarray, users: int) -> np.ndarray:
+    return np.tile(vector.astype(np.float32), (users, 1))
+
+
+def cosine_scores(counts: recommender.Counts, index: ItemIndex, history: sparse.csr_matrix) -> np.ndarray:
+    """Item-kNN with all neighbours: sum of cosine similarities to the user's products."""
+    cosine = recommender.cosine_from_counts(recommender.pairs_to_matrix(counts.cooccurrence, index, "both"))
+    cosine.setdiag(0)
+    return np.asarray((history @ cosine).todense(), dtype=np.float32)
+
+
+def ease_scores(
+    counts: recommender.Counts, index: ItemIndex, history: sparse.csr_matrix, regularisation: float, max_items: int
+) -> np.ndarray:
+    gram = recommender.pairs_to_matrix(counts.cooccurrence, index, "both")
+    weights = recommender.ease_from_counts(gram, regularisation, max_items)
+    return np.asarray((history @ weights).todense(), dtype=np.float32)
+
+
+def als_scores(train: DataFrame, index: ItemIndex, users: list[str], params: dict, seed: int) -> np.ndarray:
+    """Spark MLlib ALS with implicit feedback; the factors are multiplied on the driver."""
+    spark = train.sparkSession
+    ids = spark.createDataFrame(pd.DataFrame({"product_id": index.ids, "item": np.arange(len(index))}))
+    user_ids = train.select("user_id").distinct().withColumn(
+        "user", F.row_number().over(Window.orderBy("user_id")) - 1
+    )
+    ratings = (
+        train.groupBy("user_id", "product_id").agg(F.count("*").cast("float").alias("rating"))
+        .join(ids, "product_id").join(user_ids, "user_id")
+    )
+    als = ALS(rank=ALS_RANK, maxIter=10, implicitPrefs=True, userCol="user", itemCol="item", ratingCol="rating",
+              coldStartStrategy="drop", seed=seed, **params)
+    fitted = als.fit(ratings)
+    item_factors = np.zeros((len(index), ALS_RANK), dtype=np.float32)
+    for row in fitted.itemFactors.toPandas().itertuples():
+        item_factors[row.id] = row.features
+    user_factors = fitted.userFactors.toPandas().merge(
+        user_ids.toPandas(), left_on="id", right_on="user"
+    ).set_index("user_id")["features"]
+    wanted = np.stack([np.asarray(user_factors.get(u, np.zeros(ALS_RANK)), dtype=np.float32) for u in users])
+    return wanted @ item_factors.T
+
+
+# --- Evaluation run ------------------------------------------------------------------
+
+
+def segments(evaluation: EvalSet) -> dict[str, tuple[np.ndarray, sparse.csr_matrix]]:
+    """(rows of users, relevant matrix) per segment."""
+    few = evaluation.purchases_per_user <= FEW_PURCHASES
+    tail_columns = sparse.diags((evaluation.buyers <= FEW_BUYERS).astype(float))
+    tail = (evaluation.relevant @ tail_columns).tocsr()
+    head = (evaluation.relevant - tail).tocsr()
+    tail.eliminate_zeros()
+    head.eliminate_zeros()
+    every = np.arange(len(evaluation.users))
+    with_tail = np.asarray(tail.sum(axis=1)).ravel() > 0
+    with_head = np.asarray(head.sum(axis=1)).ravel() > 0
+    return {
+        "all": (every, evaluation.relevant),
+        "users_few_purchases": (every[few], evaluation.relevant),
+        "users_many_purchases": (every[~few], evaluation.relevant),
+        "products_few_buyers": (every[with_tail], tail),
+        "products_many_buyers": (every[with_head], head),
+    }
+
+
+def metric_rows(method: str, top: np.ndarray, evaluation: EvalSet, cluster_of: np.ndarray) -> list[dict]:
+    rows = []
+    for segment, (users, relevant) in segments(evaluation).items():
+        if len(users) == 0:
+            continue
+        values = metrics_at_k(top[users], relevant[users], cluster_of, evaluation.buyers, evaluation.train_users)
+        rows += [{"method": method, "segment": segment, "metric": name, "value": value}
+                 for name, value in values.items()]
+    return rows
+
+
+def evaluate_methods(
+    events: DataFrame, index: ItemIndex, content: pd.DataFrame, clusters: pd.DataFrame, config: RecsConfig,
+    protocol: str,
+) -> tuple[pd.DataFrame, dict]:
+    """Every method on the same split: run_metrics rows and what was tuned."""
+    k = config.eval_k
+    split = make_split(events, protocol, config.eval_days)
+    if split.relevant.empty:
+        raise ValueError(f"no test users for {protocol}: does the data span more than {config.eval_days} days?")
+    inner = make_split(split.train, protocol, config.eval_days)
+    test, validation = eval_set(split, index, config), eval_set(inner, index, config)
+    log.info("%s: %d test users, %d validation users", protocol, len(test.users), len(validation.users))
+    train_counts = recommender.count_pairs(split.train, config)
+    inner_counts = recommender.count_pairs(inner.train, config)
+    cluster_of = recommender.cluster_positions(index, clusters)
+    tops: dict[str, np.ndarray] = {}
+
+    def best_on_validation(candidates: dict, validation_scores) -> object:
+        return max(candidates, key=lambda c: recommender.ndcg(validation_scores(c), validation.excluded,
+                                                              validation.relevant, k))
+
+    # Ours: the same procedure as the recommend step, on the train part only.
+    half_life, validation_trends = tune_trend_half_life(inner.train, index, validation, config)
+    validation_model = recommender.fit_model(inner.train, index, content, clusters, config,
+                                             trend_half_life_days=half_life, counts=inner_counts)
+    test_model = recommender.fit_model(split.train, index, content, clusters, config,
+                                       trend_half_life_days=half_life, counts=train_counts)
+    validation_scores = recommender.signal_scores(validation_model, validation.history, validation.users)
+    test_scores = recommender.signal_scores(test_model, test.history, test.users)
+    start = recommender.default_weights(config)
+    tuned = {}
+    for name, fixed in (("published", {}), ("without_text", dict.fromkeys(recommender.TEXT_SIGNALS, 0.0))):
+        weights, _ = recommender.tune_weights(validation_scores, validation.excluded, validation.relevant, k,
+                                              start, fixed)
+        tuned[name] = weights
+        tops[name] = recommender.top_k(recommender.blend(test_scores, weights), test.excluded, k)[0]
+    # Without time: no recency decay in histories, no "bought next", no trending.
+    flat = 1e9
+    flat_validation = eval_set(inner, index, config, half_life_days=flat)
+    flat_test = eval_set(split, index, config, half_life_days=flat)
+    flat_validation_scores = recommender.signal_scores(validation_model, flat_validation.history, validation.users)
+    flat_test_scores = recommender.signal_scores(test_model, flat_test.history, test.users)
+    weights, _ = recommender.tune_weights(flat_validation_scores, validation.excluded, validation.relevant, k,
+                                          start, dict.fromkeys(recommender.TIME_SIGNALS, 0.0))
+    tuned["without_time"] = weights
+    tops["without_time"] = recommender.top_k(recommender.blend(flat_test_scores, weights), test.excluded, k)[0]
+
+    # Baselines, each tuned on validation the same way.
+    users = len(test.users)
+    tops["most_popular"] = recommender.top_k(tiled(test.buyers, users), test.excluded, k)[0]
+    trending = recommender.trend_vector(split.train, index, half_life, config)
+    tops["trending"] = recommender.top_k(tiled(trending, users), test.excluded, k)[0]
+    tops["item_knn"] = recommender.top_k(
+        cosine_scores(train_counts, index, binary_history(test, index)), test.excluded, k)[0]
+    validation_history = binary_history(validation, index)
+    ease_lambda = best_on_validation(
+        {lam: lam for lam in EASE_LAMBDAS},
+        lambda lam: ease_scores(inner_counts, index, validation_history, lam, config.ease_max_items),
+    )
+    tops["ease"] = recommender.top_k(
+        ease_scores(train_counts, index, binary_history(test, index), ease_lambda, config.ease_max_items),
+        test.excluded, k)[0]
+    als_index = best_on_validation(
+        dict(enumerate(ALS_GRID)),
+        lambda i: als_scores(inner.train, index, validation.users, ALS_GRID[i], config.seed),
+    )
+    tops["als"] = recommender.top_k(
+        als_scores(split.train, index, test.users, ALS_GRID[als_index], config.seed), test.excluded, k)[0]
+    tops["cluster_only"] = recommender.top_k(test_scores["cluster"], test.excluded, k)[0]
+
+    rows = [row for method, top in tops.items() for row in metric_rows(method, top, test, cluster_of)]
+    tuning = {
+        "protocol": protocol, "k": k, "test_users": len(test.users), "validation_users": len(validation.users),
+        "weights": tuned, "trend_half_life_days": half_life, "ease_lambda": ease_lambda,
+        "als": {"rank": ALS_RANK, **ALS_GRID[als_index]},
+    }
+    return pd.DataFrame(rows), tuning
+
+
+def protocol_for(spark: SparkSession, paths: RunPaths) -> str:
+    """Time split when the source has real timestamps (the preprocess step says)."""
+    stats = io.read_json(spark, paths.stats("preprocess"))
+    return TIME_SPLIT if stats.get("timestamps", True) else LEAVE_LAST_OUT
+
+
+def headline(metrics: pd.DataFrame, k: int) -> dict:
+    """NDCG@k of every method on all users, and the best baseline."""
+    overall = metrics[(metrics["segment"] == "all") & (metrics["metric"] == "ndcg")].set_index("method")["value"]
+    baselines = overall.drop(labels=["published", "without_text", "without_time"], errors="ignore")
+    best = baselines.idxmax()
+    return {
+        f"ndcg@{k}": overall.to_dict(),
+        "best_baseline": best,
+        "lift_over_best_baseline": float(overall["published"] / baselines[best]) if baselines[best] else None,
+    }
+
+
+def run(spark: SparkSession, config: RecsConfig, paths: RunPaths) -> dict:
+    # Extract
+    events = io.read_table(spark, paths.table("events")).cache()
+    products = io.read_table(spark, paths.table("products"))
+    content = io.read_table(spark, paths.table("content_neighbours")).toPandas()
+    clusters = io.read_table(spark, paths.table("product_clusters")).select("product_id", "cluster").toPandas()
+    protocol = protocol_for(spark, paths)
+    # Transform
+    metrics, tuning = evaluate_methods(events, recommender.catalog_index(products), content, clusters, config, protocol)
+    metrics.insert(0, "run_id", paths.run_id)
+    metrics["k"] = config.eval_k
+    # Load
+    write_table(spark.createDataFrame(metrics), paths.table("run_metrics"))
+    summary = headline(metrics, config.eval_k)
+    log.info("NDCG@%d: %s", config.eval_k, {m: round(v, 4) for m, v in summary[f"ndcg@{config.eval_k}"].items()})
+    return {**tuning, **summary}

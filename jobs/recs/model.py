@@ -1,0 +1,433 @@
+"""The recommender: item-item signals walked from each user's history, plus trending
+products, blended with weights tuned on a validation split.
+
+Spark counts what needs the whole event log (user-product weights, co-occurrences,
+"bought next" transitions, product popularity); the driver turns the counts into
+compact item x item matrices (top `neighbours_per_product` entries a row), which are
+broadcast, and each Spark task scores its block of users with sparse algebra.
+
+Signals, each normalised per user to [0, 1] before blending:
+- covisit: item-kNN, cosine of two products' user sets;
+- ease:    EASE^R, the closed-form linear item model (most popular products only);
+- next:    P(b is bought after a), walked from the user's most recent products;
+- content: cosine of the product text embeddings;
+- cluster: the user's share of interest in the product's K-means cluster x popularity;
+- trend:   popularity with an exponential time decay (not personal).
+A user's history weights each event by type (view < cart < purchase) and halves it
+every `recency_half_life_days`, so recent intent counts most.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+from scipy import sparse
+
+from recs.config import RecsConfig
+from recs.metrics import ranking_metrics
+
+log = logging.getLogger(__name__)
+
+EDGE_SIGNALS = ("covisit", "ease", "next", "content")
+SIGNALS = (*EDGE_SIGNALS, "cluster", "trend")
+# Signals that use time: switched off together for the "without time" ablation.
+TIME_SIGNALS = ("next", "trend")
+TEXT_SIGNALS = ("content", "cluster")
+
+
+def default_weights(config: RecsConfig) -> dict[str, float]:
+    return {name: getattr(config, f"weight_{name}") for name in SIGNALS}
+
+
+# --- Spark side: counts over the whole event log --------------------------------
+
+
+def user_item_weights(events: DataFrame, config: RecsConfig, half_life_days: float | None = None) -> DataFrame:
+    """(user_id, product_id, weight, purchased, last_ts, strongest_event) per pair.
+
+    weight = sum over the pair's events of type weight x 0.5 ** (age / half-life),
+    age measured from the newest event in the data, so old logs replay the same.
+    """
+    half_life = half_life_days or config.recency_half_life_days
+    type_weight = F.coalesce(
+        *[F.when(F.col("event_type") == name, F.lit(w)) for name, w in config.event_weights.items()]
+    )
+    newest = events.agg(F.max("ts").alias("newest"))
+    age_days = (F.col("newest").cast("long") - F.col("ts").cast("long")) / 86400.0
+    decayed = events.crossJoin(F.broadcast(newest)).withColumn(
+        "event_weight", type_weight * F.pow(F.lit(0.5), age_days / F.lit(half_life))
+    )
+    return decayed.groupBy("user_id", "product_id").agg(
+        F.sum("event_weight").alias("weight"),
+        F.max((F.col("event_type") == "purchase").cast("int")).cast("boolean").alias("purchased"),
+        F.max("ts").alias("last_ts"),
+        F.max_by("event_type", type_weight).alias("strongest_event"),
+    )
+
+
+def recent_history(user_items: DataFrame, limit: int) -> DataFrame:
+    """Each user's `limit` most recent products: bounds the work per heavy user."""
+    order = Window.partitionBy("user_id").orderBy(F.col("last_ts").desc(), F.col("product_id"))
+    ranked = user_items.withColumn("_recency", F.row_number().over(order))
+    return ranked.where(F.col("_recency") <= limit).drop("_recency")
+
+
+def cooccurrence_counts(history: DataFrame) -> DataFrame:
+    """(product_id, neighbour_id, both): users who interacted with both; the diagonal
+    holds each product's own user count."""
+    pairs = history.select("user_id", "product_id")
+    other = pairs.withColumnRenamed("product_id", "neighbour_id")
+    return pairs.join(other, "user_id").groupBy("product_id", "neighbour_id").agg(F.count("*").alias("both"))
+
+
+def transition_counts(events: DataFrame, window: int) -> DataFrame:
+    """(product_id, neighbour_id, count): b was among the next `window` distinct
+    products a user interacted with after a (in time order)."""
+    firsts = events.groupBy("user_id", "product_id").agg(F.min("ts").alias("first_ts"))
+    order = Window.partitionBy("user_id").orderBy("first_ts", "product_id")
+    sequenced = firsts.withColumn("position", F.row_number().over(order))
+    later = sequenced.select(
+        "user_id", F.col("product_id").alias("neighbour_id"), F.col("position").alias("later_position")
+    )
+    return (
+        sequenced.join(later, "user_id")
+        .where((F.col("later_position") > F.col("position")) & (F.col("later_position") <= F.col("position") + window))
+        .groupBy("product_id", "neighbour_id")
+        .agg(F.count("*").alias("count"))
+    )
+
+
+def popularity(events: DataFrame, half_life_days: float, config: RecsConfig) -> DataFrame:
+    """(product_id, popularity): event-type weighted interest, halved every half-life."""
+    items = user_item_weights(events, config, half_life_days)
+    return items.groupBy("product_id").agg(F.sum("weight").alias("popularity"))
+
+
+# --- Driver side: compact item x item matrices ---------------------------------
+
+
+@dataclass
+class ItemIndex:
+    ids: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.position = pd.Index(self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def positions(self, ids) -> np.ndarray:
+        return self.position.get_indexer(ids)
+
+
+def top_per_row(matrix, keep: int) -> sparse.csr_matrix:
+    """Keep each row's `keep` largest positive entries, the diagonal dropped (sparse
+    throughout: the catalog may be far larger than what fits as a dense square)."""
+    source = sparse.csr_matrix(matrix, dtype=np.float32)
+    source.setdiag(0)
+    source.data[source.data < 0] = 0
+    source.eliminate_zeros()
+    rows, cols, values = [], [], []
+    for row in range(source.shape[0]):
+        start, end = source.indptr[row], source.indptr[row + 1]
+        chosen = np.arange(start, end)
+        if end - start > keep:
+            chosen = start + np.argpartition(-source.data[start:end], keep - 1)[:keep]
+        rows.append(np.full(len(chosen), row))
+        cols.append(source.indices[chosen])
+        values.append(source.data[chosen])
+    if not rows:
+        return sparse.csr_matrix(source.shape, dtype=np.float32)
+    return sparse.csr_matrix(
+        (np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))), shape=source.shape
+    )
+
+
+def pairs_to_matrix(pairs: pd.DataFrame, index: ItemIndex, value: str) -> sparse.csr_matrix:
+    rows, cols = index.positions(pairs["product_id"]), index.positions(pairs["neighbour_id"])
+    known = (rows >= 0) & (cols >= 0)
+    values = pairs[value].to_numpy(dtype=np.float64)[known]
+    return sparse.csr_matrix((values, (rows[known], cols[known])), shape=(len(index), len(index)))
+
+
+def cosine_from_counts(counts: sparse.csr_matrix) -> sparse.csr_matrix:
+    """Cosine of user sets from co-occurrence counts (diagonal = each product's users)."""
+    users = np.sqrt(np.maximum(counts.diagonal(), 1))
+    scale = sparse.diags(1.0 / users)
+    return (scale @ counts @ scale).tocsr()
+
+
+def ease_from_counts(counts: sparse.csr_matrix, regularisation: float, max_items: int) -> sparse.csr_matrix:
+    """EASE^R: B = I - P diag(1/diag(P)), P = (G + lambda I)^-1, on the `max_items`
+    most popular products (a dense inverse: memory grows with its square)."""
+    size = counts.shape[0]
+    popular = np.argsort(-counts.diagonal())[: min(max_items, size)]
+    gram = counts[popular][:, popular].toarray()
+    gram[np.diag_indices_from(gram)] += regularisation
+    inverse = np.linalg.inv(gram)
+    dense_weights = -inverse / np.diag(inverse)
+    np.fill_diagonal(dense_weights, 0)
+    weights = sparse.coo_matrix(dense_weights)
+    return sparse.csr_matrix(
+        (weights.data, (popular[weights.row], popular[weights.col])), shape=(size, size), dtype=np.float32
+    )
+
+
+def row_normalised(matrix: sparse.csr_matrix) -> sparse.csr_matrix:
+    totals = np.asarray(matrix.sum(axis=1)).ravel()
+    return (sparse.diags(1.0 / np.where(totals == 0, 1, totals)) @ matrix).tocsr()
+
+
+@dataclass
+class Model:
+    """Everything scoring needs, small enough to broadcast."""
+
+    index: ItemIndex
+    edges: dict[str, sparse.csr_matrix]
+    cluster_of: np.ndarray  # cluster per product position (-1: none)
+    trend: np.ndarray  # popularity per product position, max 1
+    weights: dict[str, float]
+    recent_items_for_next: int = 5
+    titles: dict[str, str] = field(default_factory=dict)
+
+
+def build_edges(
+    index: ItemIndex,
+    counts: pd.DataFrame,
+    transitions: pd.DataFrame,
+    content: pd.DataFrame,
+    config: RecsConfig,
+    ease_regularisation: float | None = None,
+) -> dict[str, sparse.csr_matrix]:
+    keep = config.neighbours_per_product
+    count_matrix = pairs_to_matrix(counts, index, "both")
+    return {
+        "covisit": top_per_row(cosine_from_counts(count_matrix), keep),
+        "ease": top_per_row(
+            ease_from_counts(count_matrix, ease_regularisation or config.ease_lambda, config.ease_max_items), keep
+        ),
+        "next": row_normalised(top_per_row(pairs_to_matrix(transitions, index, "count"), keep)),
+        "content": top_per_row(pairs_to_matrix(content, index, "score"), keep),
+    }
+
+
+# --- Scoring: the same function on the driver (evaluation) and in Spark tasks ------
+
+
+def history_matrix(history: pd.DataFrame, users: list[str], index: ItemIndex, value: str = "weight"):
+    """users x products sparse matrix of `value` from (user_id, product_id, value) rows."""
+    rows = pd.Index(users).get_indexer(history["user_id"])
+    cols = index.positions(history["product_id"])
+    known = (rows >= 0) & (cols >= 0)
+    return sparse.csr_matrix(
+        (history[value].to_numpy(dtype=np.float64)[known], (rows[known], cols[known])),
+        shape=(len(users), len(index)),
+    )
+
+
+def _per_user_max_normalised(scores: np.ndarray) -> np.ndarray:
+    top = scores.max(axis=1, keepdims=True)
+    return np.divide(scores, top, out=np.zeros_like(scores), where=top > 0)
+
+
+def signal_scores(model: Model, history: pd.DataFrame, users: list[str]) -> dict[str, np.ndarray]:
+    """Per signal, a users x products array normalised per user to [0, 1]."""
+    weights = history_matrix(history, users, model.index)
+    shares = sparse.diags(1.0 / np.maximum(np.asarray(weights.sum(axis=1)).ravel(), 1e-12)) @ weights
+    recent = history_matrix(
+        history[history["recency"] <= model.recent_items_for_next], users, model.index
+    ) if "recency" in history else weights
+    scores = {
+        "covisit": shares @ model.edges["covisit"],
+        "ease": shares @ model.edges["ease"],
+        "next": recent @ model.edges["next"],
+        "content": shares @ model.edges["content"],
+    }
+    scores = {
+        name: _per_user_max_normalised(np.asarray(value.todense(), dtype=np.float32)) for name, value in scores.items()
+    }
+    # Interest per cluster, spread over that cluster's products by their popularity.
+    clusters = int(model.cluster_of.max()) + 1 if len(model.cluster_of) else 0
+    if clusters > 0:
+        membership = sparse.csr_matrix(
+            (np.ones(int((model.cluster_of >= 0).sum())), (np.flatnonzero(model.cluster_of >= 0),
+                                                           model.cluster_of[model.cluster_of >= 0])),
+            shape=(len(model.index), clusters),
+        )
+        interest = np.asarray((shares @ membership).todense())
+        affinity = interest[:, np.maximum(model.cluster_of, 0)] * (model.cluster_of >= 0)
+        scores["cluster"] = _per_user_max_normalised(affinity * model.trend[None, :])
+    else:
+        scores["cluster"] = np.zeros((len(users), len(model.index)))
+    scores["trend"] = np.repeat(model.trend[None, :].astype(np.float32), len(users), axis=0)
+    return scores
+
+
+def blend(scores: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
+    total = np.zeros_like(next(iter(scores.values())))
+    for name, weight in weights.items():
+        if weight:
+            total += weight * scores[name]
+    return total
+
+
+def top_k(blended: np.ndarray, excluded: sparse.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, scores) of each user's best k products, excluded ones never."""
+    masked = blended.copy()
+    masked[excluded.nonzero()] = -np.inf
+    k = min(k, masked.shape[1])
+    best = np.argpartition(-masked, k - 1, axis=1)[:, :k]
+    best_scores = np.take_along_axis(masked, best, axis=1)
+    order = np.argsort(-best_scores, axis=1, kind="stable")
+    return np.take_along_axis(best, order, axis=1), np.take_along_axis(best_scores, order, axis=1)
+
+
+def recommend_block(model: Model, history: pd.DataFrame, k: int) -> pd.DataFrame:
+    """(user_id, rank, product_id, score, reason_product_id, reason_event) for the users
+    of `history` (user_id, product_id, weight, purchased, strongest_event, recency)."""
+    users = list(dict.fromkeys(history["user_id"]))
+    scores = signal_scores(model, history, users)
+    blended = blend(scores, model.weights)
+    bought = history_matrix(history[history["purchased"]].assign(one=1.0), users, model.index, "one")
+    positions, best_scores = top_k(blended, bought, k)
+    rows = []
+    personal = {name: w for name, w in model.weights.items() if w and name in EDGE_SIGNALS}
+    weights = history_matrix(history, users, model.index)
+    for row, user_id in enumerate(users):
+        owned = weights[row].indices
+        for rank, (position, score) in enumerate(zip(positions[row], best_scores[row], strict=True), start=1):
+            if not np.isfinite(score):
+                break
+            reason = _reason_item(model, personal, weights[row], owned, position)
+            rows.append((user_id, rank, model.index.ids[position], float(score), reason))
+    result = pd.DataFrame(rows, columns=["user_id", "rank", "product_id", "score", "reason_position"])
+    events = history.set_index(["user_id", "product_id"])["strongest_event"]
+    reason_ids = [model.index.ids[p] if p >= 0 else None for p in result["reason_position"]]
+    result["reason_product_id"] = reason_ids
+    result["reason_event"] = [
+        events.get((u, p)) if p is not None else None for u, p in zip(result["user_id"], reason_ids, strict=True)
+    ]
+    return result.drop(columns="reason_position")
+
+
+def _reason_item(model: Model, personal: dict, user_row, owned: np.ndarray, position: int) -> int:
+    """The history product that contributed most to this recommendation's personal score."""
+    if not personal or len(owned) == 0:
+        return -1
+    contribution = np.zeros(len(owned))
+    for name, weight in personal.items():
+        contribution += weight * model.edges[name][owned][:, position].toarray().ravel()
+    contribution *= user_row.data
+    best = int(np.argmax(contribution))
+    return int(owned[best]) if contribution[best] > 0 else -1
+
+
+# --- Fitting and tuning ------------------------------------------------------------
+
+
+def scoring_history(user_items: DataFrame) -> DataFrame:
+    """What scoring reads per user: weights, purchases, and recency rank (1 = newest)."""
+    order = Window.partitionBy("user_id").orderBy(F.col("last_ts").desc(), F.col("product_id"))
+    return user_items.withColumn("recency", F.row_number().over(order)).select(
+        "user_id", "product_id", "weight", "purchased", "strongest_event", "recency"
+    )
+
+
+def catalog_index(products: DataFrame) -> ItemIndex:
+    ids = products.select("product_id").orderBy("product_id").toPandas()["product_id"].to_numpy()
+    return ItemIndex(ids)
+
+
+def cluster_positions(index: ItemIndex, clusters: pd.DataFrame) -> np.ndarray:
+    cluster_of = np.full(len(index), -1, dtype=np.int64)
+    positions = index.positions(clusters["product_id"])
+    known = positions >= 0
+    cluster_of[positions[known]] = clusters["cluster"].to_numpy()[known]
+    return cluster_of
+
+
+def trend_vector(events: DataFrame, index: ItemIndex, half_life_days: float, config: RecsConfig) -> np.ndarray:
+    popular = popularity(events, half_life_days, config).toPandas()
+    vector = np.zeros(len(index))
+    positions = index.positions(popular["product_id"])
+    vector[positions[positions >= 0]] = popular["popularity"].to_numpy()[positions >= 0]
+    return vector / vector.max() if vector.max() > 0 else vector
+
+
+@dataclass
+class Counts:
+    """What Spark counted over an event log, as pandas pair tables."""
+
+    cooccurrence: pd.DataFrame  # product_id, neighbour_id, both (diagonal: users per product)
+    transitions: pd.DataFrame  # product_id, neighbour_id, count
+
+
+def count_pairs(events: DataFrame, config: RecsConfig) -> Counts:
+    user_items = user_item_weights(events, config)
+    cooccurrence = cooccurrence_counts(recent_history(user_items, config.max_history_for_pairs)).toPandas()
+    return Counts(cooccurrence, transition_counts(events, config.next_window).toPandas())
+
+
+def fit_model(
+    events: DataFrame,
+    index: ItemIndex,
+    content: pd.DataFrame,
+    clusters: pd.DataFrame,
+    config: RecsConfig,
+    weights: dict[str, float] | None = None,
+    trend_half_life_days: float | None = None,
+    counts: Counts | None = None,
+) -> Model:
+    """Count over `events` in Spark, then build the item x item signals on the driver."""
+    counts = counts or count_pairs(events, config)
+    return Model(
+        index=index,
+        edges=build_edges(index, counts.cooccurrence, counts.transitions, content, config),
+        cluster_of=cluster_positions(index, clusters),
+        trend=trend_vector(events, index, trend_half_life_days or config.trend_half_life_days, config),
+        weights=weights or default_weights(config),
+        recent_items_for_next=config.recent_items_for_next,
+    )
+
+
+def ndcg(blended: np.ndarray, excluded: sparse.csr_matrix, relevant: sparse.csr_matrix, k: int) -> float:
+    positions, _ = top_k(blended, excluded, k)
+    return ranking_metrics(positions, relevant)["ndcg"]
+
+
+WEIGHT_GRID = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def tune_weights(
+    scores: dict[str, np.ndarray],
+    excluded: sparse.csr_matrix,
+    relevant: sparse.csr_matrix,
+    k: int,
+    start: dict[str, float],
+    fixed: dict[str, float] | None = None,
+    rounds: int = 2,
+) -> tuple[dict[str, float], float]:
+    """Coordinate ascent on validation NDCG@k over the blend weights; `fixed` ones stay."""
+    fixed = fixed or {}
+    weights = {**start, **fixed}
+    best = ndcg(blend(scores, weights), excluded, relevant, k)
+    for _ in range(rounds):
+        improved = False
+        for name in [s for s in SIGNALS if s not in fixed]:
+            for value in WEIGHT_GRID:
+                if value == weights[name]:
+                    continue
+                candidate = {**weights, name: value}
+                if not any(candidate.values()):
+                    continue
+                score = ndcg(blend(scores, candidate), excluded, relevant, k)
+                if score > best + 1e-9:
+                    weights, best, improved = candidate, score, True
+        if not improved:
+            break
+    return weights, best

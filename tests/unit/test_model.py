@@ -1,0 +1,112 @@
+"""The recommender's parts: item-item matrices, scoring, tuning, and no leakage."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import sparse
+
+from recs import model
+from recs.config import RecsConfig
+from recs.evaluate import eval_set, time_split
+
+
+def test_top_per_row_keeps_the_largest_positive_off_diagonal_entries():
+    matrix = np.array([[9, 1, 3, 2], [4, 9, -5, 1], [0, 0, 9, 0], [1, 2, 3, 9]], dtype=float)
+    kept = model.top_per_row(matrix, 2).toarray()
+    np.testing.assert_array_equal(kept, [[0, 0, 3, 2], [4, 0, 0, 1], [0, 0, 0, 0], [0, 2, 3, 0]])
+
+
+def test_cosine_from_counts():
+    # Product 0 bought by 4 users, product 1 by 1 user, both by 1 user.
+    counts = sparse.csr_matrix(np.array([[4.0, 1.0], [1.0, 1.0]]))
+    cosine = model.cosine_from_counts(counts).toarray()
+    assert cosine[0, 1] == pytest.approx(1 / np.sqrt(4 * 1))
+
+
+def test_ease_matches_the_closed_form():
+    gram = np.array([[3.0, 2.0, 0.0], [2.0, 4.0, 1.0], [0.0, 1.0, 2.0]])
+    weights = model.ease_from_counts(sparse.csr_matrix(gram), 1.0, 10).toarray()
+    inverse = np.linalg.inv(gram + np.eye(3))
+    expected = -inverse / np.diag(inverse)
+    np.fill_diagonal(expected, 0)
+    np.testing.assert_allclose(weights, expected, atol=1e-6)
+
+
+def tiny_model(weights: dict[str, float]) -> model.Model:
+    index = model.ItemIndex(np.array(["a", "b", "c", "d"]))
+    covisit = sparse.csr_matrix(np.array([[0, 1.0, 0.5, 0], [1.0, 0, 0, 0], [0.5, 0, 0, 0], [0, 0, 0, 0]]))
+    empty = sparse.csr_matrix((4, 4))
+    return model.Model(
+        index=index, edges={"covisit": covisit, "ease": empty, "next": empty, "content": empty},
+        cluster_of=np.array([0, 0, 1, 1]), trend=np.array([1.0, 0.2, 0.1, 0.5]), weights=weights,
+    )
+
+
+def test_recommend_block_never_returns_bought_products_and_explains_personal_ones():
+    history = pd.DataFrame({
+        "user_id": ["u1", "u2"], "product_id": ["a", "d"], "weight": [1.0, 1.0], "purchased": [True, False],
+        "strongest_event": ["purchase", "view"], "recency": [1, 1],
+    })
+    weights = {"covisit": 1.0, "ease": 0.0, "next": 0.0, "content": 0.0, "cluster": 0.0, "trend": 0.1}
+    result = model.recommend_block(tiny_model(weights), history, k=3)
+    u1 = result[result["user_id"] == "u1"]
+    assert "a" not in set(u1["product_id"])  # bought
+    assert list(u1["product_id"]) == ["b", "c", "d"]  # covisit 1.0, 0.5, then trend only
+    assert list(u1["reason_product_id"][:2]) == ["a", "a"] and u1["reason_event"].iloc[0] == "purchase"
+    assert u1["reason_product_id"].iloc[2] is None
+    u2 = result[result["user_id"] == "u2"]
+    assert list(u2["product_id"])[0] == "a"  # viewed, not bought: trend leads, "d" itself can come back
+    assert len(u2) == 3
+
+
+def test_tune_weights_finds_the_informative_signal():
+    rng = np.random.default_rng(0)
+    relevant = sparse.csr_matrix((np.ones(50), (np.arange(50), rng.integers(0, 30, 50))), shape=(50, 30))
+    signal = relevant.toarray() + 0.01 * rng.random((50, 30))
+    noise = rng.random((50, 30))
+    scores = {name: noise.copy() for name in model.SIGNALS}
+    scores["ease"] = signal
+    start = dict.fromkeys(model.SIGNALS, 1.0)
+    weights, best = model.tune_weights(scores, sparse.csr_matrix((50, 30)), relevant, 5, start)
+    assert best == pytest.approx(1.0)
+    assert weights["ease"] > 0
+
+
+def events_frame(rows):
+    return pd.DataFrame(rows, columns=["user_id", "product_id", "event_type", "quantity", "ts"])
+
+
+def test_no_leakage_from_the_test_window(spark):
+    """Everybody buys X in the test window only: nothing trained before the cutoff may know X."""
+    start = datetime(2026, 1, 1)
+    rows = []
+    for u in range(30):
+        for day, product in enumerate(["p1", "p2", "p3", f"p{4 + u % 3}"]):
+            rows.append((f"u{u}", product, "purchase", 1, start + timedelta(days=day * 10 + u % 5)))
+        rows.append((f"u{u}", "X", "purchase", 1, start + timedelta(days=100)))
+    rows.append(("u0", "p7", "purchase", 1, start + timedelta(days=101)))
+    events = spark.createDataFrame(events_frame(rows))
+    config = RecsConfig(eval_days=30, k_min=2, neighbours_per_product=5, top_n=3, eval_k=3)
+    split = time_split(events, config.eval_days)
+    assert split.train.where("product_id = 'X'").count() == 0
+    assert set(split.relevant["product_id"]) == {"X", "p7"}
+
+    index = model.ItemIndex(np.array(["X", "p1", "p2", "p3", "p4", "p5", "p6", "p7"]))
+    content = pd.DataFrame({"product_id": ["p1"], "neighbour_id": ["X"], "score": [0.9]})
+    clusters = pd.DataFrame({"product_id": index.ids, "cluster": [0, 0, 0, 0, 1, 1, 1, 1]})
+    fitted = model.fit_model(split.train, index, content, clusters, config)
+    x = index.positions(["X"])[0]
+    assert fitted.trend[x] == 0
+    for name in ("covisit", "ease", "next"):
+        edges = fitted.edges[name]
+        assert edges[:, x].nnz == 0 and edges[x].nnz == 0, name
+    test = eval_set(split, index, config)
+    assert test.buyers[x] == 0
+    # Only text (known before the cutoff) may point at X; behaviour and popularity may not.
+    scores = model.signal_scores(fitted, test.history, test.users)
+    for name in ("covisit", "ease", "next", "trend"):
+        assert not scores[name][:, x].any(), name
