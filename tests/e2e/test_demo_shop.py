@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from published_checks import check_published
 from recs.config import safe_run_id
+from recs.reader import current_version_dir
 from recs.synthetic import ShopSize, write_shop
 
 pytestmark = pytest.mark.e2e
@@ -40,3 +43,12 @@ def test_dag_publishes_sound_tables_for_a_synthetic_shop(tmp_path, run_dag):
     assert 4 <= stats["cluster"]["k"] <= 14
     assert len(stats["cluster"]["silhouette_by_k"]) >= 3
     assert os.path.exists(data_root / "published" / "CURRENT")
+
+    # The evaluation ran on the same split for every method, and the report shows it.
+    version = current_version_dir(str(data_root))
+    metrics = pd.read_parquet(os.path.join(version, "run_metrics"))
+    methods = set(metrics["method"])
+    assert {"published", "most_popular", "trending", "item_knn", "als", "ease", "cluster_only"} <= methods
+    assert {"without_time", "without_text"} <= methods
+    report = Path(version, "report.html").read_text(encoding="utf-8")
+    assert report.count("<svg") == 4 and "most_popular" in report and "ndcg@10" in report

@@ -1,0 +1,129 @@
+"""Recommendation quality on the real data sets: the evaluate step's protocol, every
+baseline and ablation, printed as a method x metric table per data set.
+
+    .venv/bin/python bench/quality.py
+    .venv/bin/python bench/quality.py --online-retail CSV --amazon ITEMS_JSON INTERACTIONS_JSON
+
+It runs the pipeline's own steps (preprocess, embed, PCA, clustering, the content
+neighbours of the recommend step, evaluate) in one local Spark session on a scratch
+data root. The last line is one JSON object:
+{"<dataset>": {"published": M, "baselines": {...}, "ablations": {...}}}, each M being
+{"hit@10", "ndcg@10", "recall@10", "coverage"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+sys.path.insert(0, str(REPO / "jobs"))
+
+from recs import cluster, embed, evaluate, io, pca, preprocess  # noqa: E402
+from recs.config import RecsConfig  # noqa: E402
+from recs.io import RunPaths  # noqa: E402
+from recs.model import catalog_index  # noqa: E402
+from recs.recommend import content_neighbours  # noqa: E402
+from recs.runtime import build_spark  # noqa: E402
+
+ABLATIONS = ("without_time", "without_text")
+
+
+def evaluate_dataset(spark, name: str, input_path: str, input_format: str, data_root: str) -> pd.DataFrame:
+    config = RecsConfig.load(
+        {"input_path": input_path, "input_format": input_format, "data_root": data_root}
+    )
+    paths = RunPaths(config.data_root, f"bench_{name}")
+    for step in (preprocess, embed, pca, cluster):
+        started = time.monotonic()
+        stats = step.run(spark, config, paths)
+        io.write_json(spark, paths.stats(step.__name__.split(".")[-1]), stats)
+        print(f"[{name}] {step.__name__.split('.')[-1]}: {time.monotonic() - started:.0f}s", flush=True)
+    embeddings = io.read_table(spark, paths.table("embeddings"))
+    content = content_neighbours(spark, embeddings, config.neighbours_per_product).toPandas()
+    clusters = io.read_table(spark, paths.table("product_clusters")).select("product_id", "cluster").toPandas()
+    products = io.read_table(spark, paths.table("products"))
+    events = io.read_table(spark, paths.table("events")).cache()
+    started = time.monotonic()
+    metrics, tuning = evaluate.evaluate_methods(
+        events, catalog_index(products), content, clusters, config, evaluate.protocol_for(spark, paths)
+    )
+    print(f"[{name}] evaluate: {time.monotonic() - started:.0f}s; tuned: {json.dumps(tuning, default=str)}", flush=True)
+    return metrics
+
+
+def summarise(metrics, k: int) -> dict:
+    overall = metrics[metrics["segment"] == "all"].pivot_table(index="method", columns="metric", values="value")
+
+    def figures(method: str) -> dict:
+        row = overall.loc[method]
+        return {f"hit@{k}": row["hit"], f"ndcg@{k}": row["ndcg"], f"recall@{k}": row["recall"],
+                "coverage": row["coverage"]}
+
+    baselines = [m for m in overall.index if m != "published" and m not in ABLATIONS]
+    return {
+        "published": figures("published"),
+        "baselines": {m: figures(m) for m in baselines},
+        "ablations": {m: figures(m) for m in ABLATIONS if m in overall.index},
+    }
+
+
+def print_table(name: str, metrics, k: int) -> None:
+    overall = metrics[metrics["segment"] == "all"].pivot_table(index="method", columns="metric", values="value")
+    columns = ["ndcg", "hit", "recall", "map", "coverage", "diversity", "novelty"]
+    overall = overall[columns].sort_values("ndcg", ascending=False)
+    print(f"\n== {name} (@{k}, {int(metrics[metrics['metric'] == 'users']['value'].max())} test users) ==")
+    print(overall.to_string(float_format=lambda v: f"{v:.4f}"))
+    best = overall.drop(index=["published", *ABLATIONS], errors="ignore")["ndcg"]
+    print(f"published / best baseline ({best.idxmax()}): {overall.loc['published', 'ndcg'] / best.max():.2f}x")
+    segments = metrics[metrics["metric"] == "ndcg"].pivot_table(index="method", columns="segment", values="value")
+    print(f"\nNDCG@{k} by segment:\n" + segments.to_string(float_format=lambda v: f"{v:.4f}"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--online-retail", default=str(SHARED / "online_retail" / "online_retail.csv.gz"))
+    parser.add_argument("--amazon", nargs=2, metavar=("ITEMS_JSON", "INTERACTIONS_JSON"),
+                        default=[str(SHARED / "amazon_office" / "office.item.json.gz"),
+                                 str(SHARED / "amazon_office" / "office.inter.json.gz")])
+    parser.add_argument("--only", choices=["online_retail", "amazon_office"], help="run one data set")
+    args = parser.parse_args(argv)
+
+    scratch = tempfile.mkdtemp(prefix="recs-bench-")
+    # The Amazon importer reads a folder with *item.json* and *inter.json*.
+    amazon = os.path.join(scratch, "amazon_input")
+    os.makedirs(amazon)
+    for source, name in zip(args.amazon, ("bench.item.json", "bench.inter.json"), strict=True):
+        os.symlink(os.path.abspath(source), os.path.join(amazon, name + (".gz" if source.endswith(".gz") else "")))
+    datasets = {
+        "online_retail": (args.online_retail, "online_retail"),
+        "amazon_office": (amazon, "amazon_reviews"),
+    }
+    config = RecsConfig.load()
+    spark = build_spark("recs-bench-quality", config)
+    spark.sparkContext.setLogLevel("WARN")
+    results = {}
+    try:
+        for name, (path, input_format) in datasets.items():
+            if args.only and name != args.only:
+                continue
+            metrics = evaluate_dataset(spark, name, path, input_format, os.path.join(scratch, "data"))
+            print_table(name, metrics, config.eval_k)
+            results[name] = summarise(metrics, config.eval_k)
+    finally:
+        spark.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(json.dumps(results, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
