@@ -299,12 +299,13 @@ def recommend_block(model: Model, history: pd.DataFrame, k: int) -> pd.DataFrame
     personal = {name: w for name, w in model.weights.items() if w and name in EDGE_SIGNALS}
     weights = history_matrix(history, users, model.index)
     for row, user_id in enumerate(users):
-        owned = weights[row].indices
-        for rank, (position, score) in enumerate(zip(positions[row], best_scores[row], strict=True), start=1):
-            if not np.isfinite(score):
-                break
-            reason = _reason_item(model, personal, weights[row], owned, position)
-            rows.append((user_id, rank, model.index.ids[position], float(score), reason))
+        valid = np.isfinite(best_scores[row])  # fewer products left than k
+        chosen, scores_of_chosen = positions[row][valid], best_scores[row][valid]
+        reasons = _reason_items(model, personal, weights[row], chosen)
+        rows += [
+            (user_id, rank, model.index.ids[position], float(score), reason)
+            for rank, (position, score, reason) in enumerate(zip(chosen, scores_of_chosen, reasons, strict=True), 1)
+        ]
     result = pd.DataFrame(rows, columns=["user_id", "rank", "product_id", "score", "reason_position"])
     events = history.set_index(["user_id", "product_id"])["strongest_event"]
     reason_ids = [model.index.ids[p] if p >= 0 else None for p in result["reason_position"]]
@@ -315,16 +316,19 @@ def recommend_block(model: Model, history: pd.DataFrame, k: int) -> pd.DataFrame
     return result.drop(columns="reason_position")
 
 
-def _reason_item(model: Model, personal: dict, user_row, owned: np.ndarray, position: int) -> int:
-    """The history product that contributed most to this recommendation's personal score."""
-    if not personal or len(owned) == 0:
-        return -1
-    contribution = np.zeros(len(owned))
+def _reason_items(model: Model, personal: dict, user_row, chosen: np.ndarray) -> np.ndarray:
+    """Per recommended position, the history product that contributed most to its
+    personal score (-1 when none did, e.g. a trending product)."""
+    owned = user_row.indices
+    if not personal or len(owned) == 0 or len(chosen) == 0:
+        return np.full(len(chosen), -1)
+    contribution = np.zeros((len(owned), len(chosen)))
     for name, weight in personal.items():
-        contribution += weight * model.edges[name][owned][:, position].toarray().ravel()
-    contribution *= user_row.data
-    best = int(np.argmax(contribution))
-    return int(owned[best]) if contribution[best] > 0 else -1
+        contribution += weight * model.edges[name][owned][:, chosen].toarray()
+    contribution *= user_row.data[:, None]
+    best = contribution.argmax(axis=0)
+    return np.where(contribution[best, np.arange(len(chosen))] > 0, owned[best], -1)
+
 
 
 # --- Fitting and tuning ------------------------------------------------------------
