@@ -86,6 +86,6 @@ def run(spark: SparkSession, config: RecsConfig, paths: RunPaths) -> dict:
         "k": k,
         "k_fixed": bool(config.k),
         "silhouette_by_k": {str(key): value for key, value in curve.items()},
-        "silhouette": curve.get(k, silhouette(model, points)),
+        "silhouette": curve[k] if k in curve else silhouette(model, points),
         "cluster_sizes": {str(key): sizes[key] for key in sorted(sizes)},
     }

@@ -22,7 +22,12 @@ EVENT_TYPES = ("view", "add_to_cart", "purchase")
 
 
 def _env_bool(value: str) -> bool:
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+    text = value.strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"not a yes/no value: {value!r}")
 
 
 @dataclass(frozen=True)

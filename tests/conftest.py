@@ -1,0 +1,51 @@
+"""Shared fixtures: one local SparkSession for the whole test session.
+
+Spark starts once (a JVM plus Python workers take seconds), so every test shares it
+and builds its own tiny DataFrames.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import pytest
+
+# The PostgreSQL JDBC driver for tests/unit/test_postgres.py: RECS_JDBC_JARS, else Debian's
+# libpostgresql-jdbc-java, which `make setup` installs (as plugins/recs_airflow/spark_tasks.py
+# finds it for spark-submit).
+JDBC_JAR = "/usr/share/java/postgresql.jar"
+
+
+def jdbc_jars() -> str:
+    return os.environ.get("RECS_JDBC_JARS") or (JDBC_JAR if os.path.exists(JDBC_JAR) else "")
+
+
+@pytest.fixture(scope="session")
+def spark():
+    # py4j logs at INFO while closing connections at interpreter exit, after pytest has
+    # closed the streams its handlers write to: keep that noise out.
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    # Python workers must run the interpreter that runs the tests (the venv's).
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    from pyspark.sql import SparkSession
+
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("recs-unit-tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.default.parallelism", "2")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.log.level", "WARN")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.jars", jdbc_jars())
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("WARN")
+    yield session
+    session.stop()

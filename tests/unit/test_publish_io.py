@@ -1,0 +1,89 @@
+"""publish.check_tables and the io helpers behind the published pointer."""
+
+from __future__ import annotations
+
+import pytest
+
+from recs import io
+from recs.publish import check_tables
+
+RECS_SCHEMA = "user_id string, rank int, product_id string, score double"
+SIMILAR_SCHEMA = "product_id string, rank int, similar_product_id string, score double"
+EVENTS_SCHEMA = "user_id string, product_id string, event_type string"
+
+GOOD_RECS = [("U1", 1, "P2", 0.9), ("U1", 2, "P3", 0.5), ("U2", 1, "P1", 0.7)]
+GOOD_SIMILAR = [("P1", 1, "P2", 0.8), ("P2", 1, "P1", 0.8)]
+EVENTS = [("U1", "P1", "purchase"), ("U1", "P2", "view"), ("U2", "P3", "add_to_cart")]
+
+
+def tables(spark, recs=GOOD_RECS, similar=GOOD_SIMILAR, clusters=(("P1", 0),), popular=((1, "P1", 2.0),)):
+    return {
+        "user_recommendations": spark.createDataFrame(list(recs), RECS_SCHEMA),
+        "similar_products": spark.createDataFrame(list(similar), SIMILAR_SCHEMA),
+        "product_clusters": spark.createDataFrame(list(clusters), "product_id string, cluster int"),
+        "popular_products": spark.createDataFrame(list(popular), "rank int, product_id string, score double"),
+    }
+
+
+@pytest.fixture(scope="module")
+def events(spark):
+    return spark.createDataFrame(EVENTS, EVENTS_SCHEMA)
+
+
+def test_good_tables_pass(spark, events):
+    # U1 viewed P2 and U2 carted P3: only purchases rule a product out.
+    assert check_tables(tables(spark), events, top_n=2) == []
+
+
+def test_every_broken_promise_is_reported(spark, events):
+    broken = tables(
+        spark,
+        recs=[("U1", 1, "P1", 0.9), ("U2", 1, "P2", 0.5), ("U2", 2, "P2", 0.4), ("U2", 3, "P4", 0.1)],
+        similar=[("P1", 1, "P1", 1.0)],
+        popular=[],
+    )
+    assert check_tables(broken, events, top_n=2) == [
+        "popular_products is empty",
+        "similar_products lists a product as similar to itself",
+        "user_recommendations recommends products the user already bought",
+        "user_recommendations lists a product twice for one user",
+        "user_recommendations has a rank outside 1..2",
+    ]
+
+
+def test_empty_tables_are_reported(spark, events):
+    empty = tables(spark, recs=[], similar=[], clusters=[], popular=[])
+    assert check_tables(empty, events, top_n=2) == [
+        "user_recommendations is empty",
+        "similar_products is empty",
+        "product_clusters is empty",
+        "popular_products is empty",
+    ]
+
+
+def test_write_text_round_trip_and_overwrite(spark, tmp_path):
+    path = str(tmp_path / "published" / "CURRENT")
+    io.write_text(spark, path, "run-1\n")
+    assert io.read_text(spark, path) == "run-1\n"
+    io.write_text(spark, path, "run-22\n")  # replaces, never appends
+    assert io.read_text(spark, path) == "run-22\n"
+    # No temporary file is left beside the target.
+    assert [name for name in io.list_dir(spark, str(tmp_path / "published")) if name.endswith(".tmp")] == []
+
+
+def test_current_published_run(spark, tmp_path):
+    published = str(tmp_path / "published")
+    assert io.current_published_run(spark, published) is None
+    io.write_text(spark, f"{published}/{io.CURRENT_POINTER}", "manual__2026-11-27T12_00_00\n")
+    assert io.current_published_run(spark, published) == "manual__2026-11-27T12_00_00"
+
+
+def test_write_json_round_trip(spark, tmp_path):
+    payload = {"rows": {"a": 1}, "name": "émoji ✓"}
+    io.write_json(spark, str(tmp_path / "stats.json"), payload)
+    assert io.read_json(spark, str(tmp_path / "stats.json")) == payload
+
+
+def test_read_table_missing(spark, tmp_path):
+    with pytest.raises(FileNotFoundError, match="did the step before this one run"):
+        io.read_table(spark, str(tmp_path / "nothing"))

@@ -1,0 +1,298 @@
+"""recommend and the recommender model: weights, neighbours and the final ranking on
+catalogs small enough to work out by hand."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import sparse
+
+from recs.config import RecsConfig
+from recs.model import (
+    EDGE_SIGNALS,
+    SIGNALS,
+    ItemIndex,
+    Model,
+    cooccurrence_counts,
+    cosine_from_counts,
+    pairs_to_matrix,
+    recent_history,
+    recommend_block,
+    scoring_history,
+    top_k,
+    top_per_row,
+    transition_counts,
+    user_item_weights,
+)
+from recs.recommend import content_neighbours, explain, popular_products, score_users, similar_products, users_per_task
+
+NOW = datetime(2026, 10, 31, 12, 0, tzinfo=UTC)
+EVENTS_SCHEMA = "user_id string, product_id string, event_type string, quantity int, ts timestamp"
+
+
+def test_user_item_weights_type_weights_and_half_life(spark):
+    from pyspark.sql import functions as F
+
+    config = RecsConfig(view_weight=1.0, cart_weight=3.0, purchase_weight=5.0, recency_half_life_days=10.0)
+    events = spark.createDataFrame(
+        [
+            ("U1", "P1", "purchase", 1, NOW),  # the newest event: age 0
+            ("U1", "P1", "view", 1, NOW - timedelta(days=10)),  # one half-life old: counts half
+            ("U1", "P2", "add_to_cart", 1, NOW - timedelta(days=20)),  # two half-lives: a quarter
+            ("U2", "P2", "view", 1, NOW - timedelta(days=5)),
+        ],
+        EVENTS_SCHEMA,
+    )
+    rows = {
+        (r["user_id"], r["product_id"]): r
+        for r in user_item_weights(events, config).withColumn("last_epoch", F.col("last_ts").cast("double")).collect()
+    }
+    assert sorted(rows) == [("U1", "P1"), ("U1", "P2"), ("U2", "P2")]
+    assert rows["U1", "P1"]["weight"] == pytest.approx(5.0 + 1.0 * 0.5)
+    assert rows["U1", "P2"]["weight"] == pytest.approx(3.0 * 0.25)
+    assert rows["U2", "P2"]["weight"] == pytest.approx(1.0 * 0.5**0.5)
+    assert [rows[k]["purchased"] for k in sorted(rows)] == [True, False, False]
+    assert [rows[k]["strongest_event"] for k in sorted(rows)] == ["purchase", "add_to_cart", "view"]
+    assert rows["U1", "P1"]["last_epoch"] == NOW.timestamp()
+    assert rows["U2", "P2"]["last_epoch"] == (NOW - timedelta(days=5)).timestamp()
+
+    # An explicit half-life wins over the configured one: 20 days makes 10 days old count 0.5 ** 0.5.
+    slower = {(r["user_id"], r["product_id"]): r["weight"] for r in user_item_weights(events, config, 20.0).collect()}
+    assert slower["U1", "P1"] == pytest.approx(5.0 + 0.5**0.5)
+    assert slower["U1", "P2"] == pytest.approx(3.0 * 0.5)
+
+
+def test_recent_history_and_scoring_history(spark):
+    user_items = spark.createDataFrame(
+        [
+            ("U1", "P1", NOW - timedelta(days=3), 1.0, False, "view"),
+            ("U1", "P2", NOW - timedelta(days=1), 2.0, True, "purchase"),
+            ("U1", "P3", NOW - timedelta(days=2), 3.0, False, "add_to_cart"),
+            ("U2", "P9", NOW, 1.0, False, "view"),  # ties on time: product id decides
+            ("U2", "P8", NOW, 1.0, False, "view"),
+            ("U3", "P1", NOW, 1.0, False, "view"),
+        ],
+        "user_id string, product_id string, last_ts timestamp, weight double, purchased boolean,"
+        " strongest_event string",
+    ).cache()
+    kept = sorted((r["user_id"], r["product_id"]) for r in recent_history(user_items, 2).collect())
+    assert kept == [("U1", "P2"), ("U1", "P3"), ("U2", "P8"), ("U2", "P9"), ("U3", "P1")]
+
+    history = scoring_history(user_items)
+    assert history.columns == ["user_id", "product_id", "weight", "purchased", "strongest_event", "recency"]
+    recency = {(r["user_id"], r["product_id"]): r["recency"] for r in history.collect()}
+    assert recency == {
+        ("U1", "P2"): 1, ("U1", "P3"): 2, ("U1", "P1"): 3, ("U2", "P8"): 1, ("U2", "P9"): 2, ("U3", "P1"): 1
+    }
+    user_items.unpersist()
+
+
+def test_cooccurrence_cosine(spark):
+    # U1: A B; U2: A B C; U3: A C  ->  users: A 3, B 2, C 2; together: AB 2, AC 2, BC 1.
+    pairs = [("U1", "A"), ("U1", "B"), ("U2", "A"), ("U2", "B"), ("U2", "C"), ("U3", "A"), ("U3", "C")]
+    counts = cooccurrence_counts(spark.createDataFrame(pairs, "user_id string, product_id string")).toPandas()
+    index = ItemIndex(np.array(["A", "B", "C"]))
+    matrix = pairs_to_matrix(counts, index, "both").toarray()
+    assert matrix.tolist() == [[3, 2, 2], [2, 2, 1], [2, 1, 2]]  # the diagonal counts each product's users
+
+    cosine = top_per_row(cosine_from_counts(sparse.csr_matrix(matrix)), 5).toarray()
+    ab, ac, bc = 2 / math.sqrt(3 * 2), 2 / math.sqrt(3 * 2), 1 / math.sqrt(2 * 2)
+    assert cosine == pytest.approx(np.array([[0, ab, ac], [ab, 0, bc], [ac, bc, 0]]), abs=1e-6)
+
+
+def test_transition_counts(spark):
+    minute = timedelta(minutes=1)
+    events = spark.createDataFrame(
+        [
+            # U1 meets A, B, (A again), C, D: distinct products in order A B C D.
+            ("U1", "A", "view", 1, NOW),
+            ("U1", "B", "view", 1, NOW + minute),
+            ("U1", "A", "purchase", 1, NOW + 2 * minute),
+            ("U1", "C", "view", 1, NOW + 3 * minute),
+            ("U1", "D", "view", 1, NOW + 4 * minute),
+            ("U2", "D", "view", 1, NOW),
+            ("U2", "A", "view", 1, NOW + minute),
+            ("U3", "A", "view", 1, NOW),
+            ("U3", "B", "view", 1, NOW + minute),
+        ],
+        EVENTS_SCHEMA,
+    )
+    got = {(r["product_id"], r["neighbour_id"]): r["count"] for r in transition_counts(events, 2).collect()}
+    # Window 2: each product is followed by the next two distinct products.
+    assert got == {("A", "B"): 2, ("A", "C"): 1, ("B", "C"): 1, ("B", "D"): 1, ("C", "D"): 1, ("D", "A"): 1}
+
+
+def test_top_per_row():
+    matrix = np.array(
+        [
+            [5.0, 3.0, 1.0, -2.0, 2.0],  # the diagonal and the negative go; the best two stay
+            [0.0, 9.0, 0.0, 0.0, 0.0],  # only the diagonal: nothing is left
+            [0.5, 0.0, 0.0, 0.0, 0.0],
+            [1.0, 2.0, 3.0, 4.0, 5.0],
+            [0.0, 0.0, 0.0, 0.0, 0.0],
+        ]
+    )
+    kept = top_per_row(sparse.csr_matrix(matrix), 2).toarray()
+    assert kept.tolist() == [
+        [0, 3, 0, 0, 2],
+        [0, 0, 0, 0, 0],
+        [0.5, 0, 0, 0, 0],
+        [0, 0, 3, 0, 5],
+        [0, 0, 0, 0, 0],
+    ]
+
+
+def test_top_k_never_returns_excluded():
+    scores = np.array([[0.9, 0.8, 0.7, 0.1], [0.1, 0.2, 0.3, 0.4]], dtype=np.float32)
+    excluded = sparse.csr_matrix(np.array([[1, 0, 0, 0], [0, 0, 0, 1]]))
+    positions, best = top_k(scores, excluded, 2)
+    assert positions.tolist() == [[1, 2], [2, 1]]
+    assert best == pytest.approx(np.array([[0.8, 0.7], [0.3, 0.2]]))
+
+
+def brute_force_neighbours(ids: list[str], vectors: np.ndarray) -> dict[str, list[tuple[float, str]]]:
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    cosine = unit @ unit.T
+    return {
+        ids[i]: sorted(((float(cosine[i, j]), ids[j]) for j in range(len(ids)) if j != i), reverse=True)
+        for i in range(len(ids))
+    }
+
+
+def test_content_neighbours_match_brute_force(spark):
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(12, 5)).astype(np.float32)
+    ids = [f"P{i:02d}" for i in range(len(vectors))]
+    frame = spark.createDataFrame(
+        [(pid, [float(x) for x in v]) for pid, v in zip(ids, vectors, strict=True)],
+        "product_id string, embedding array<float>",
+    ).repartition(3)  # several blocks, each against the whole broadcast catalog
+    content = content_neighbours(spark, frame, 3).cache()
+    expected = brute_force_neighbours(ids, vectors)
+    got: dict[str, list[tuple[float, str]]] = {}
+    for r in content.collect():
+        got.setdefault(r["product_id"], []).append((r["score"], r["neighbour_id"]))
+    assert sorted(got) == ids
+    for pid in ids:
+        assert pid not in [n for _, n in got[pid]]
+        ranked = sorted(got[pid], reverse=True)
+        assert [n for _, n in ranked] == [n for _, n in expected[pid][:3]]
+        assert [s for s, _ in ranked] == pytest.approx([s for s, _ in expected[pid][:3]], abs=1e-5)
+
+    similar = similar_products(content, 2).collect()
+    assert {(r["product_id"], r["rank"]) for r in similar} == {(pid, rank) for pid in ids for rank in (1, 2)}
+    for r in similar:
+        assert r["similar_product_id"] == expected[r["product_id"]][r["rank"] - 1][1]
+    content.unpersist()
+
+
+def test_content_neighbours_small_catalog_never_returns_self(spark):
+    frame = spark.createDataFrame(
+        [("A", [1.0, 0.0]), ("B", [1.0, 0.0]), ("C", [0.0, 1.0])], "product_id string, embedding array<float>"
+    )
+    got = sorted((r["product_id"], r["neighbour_id"]) for r in content_neighbours(spark, frame, 10).collect())
+    # Only n - 1 = 2 neighbours exist; A and B are identical vectors but never their own neighbour.
+    assert got == [("A", "B"), ("A", "C"), ("B", "A"), ("B", "C"), ("C", "A"), ("C", "B")]
+
+
+def test_similar_products_ranks(spark):
+    content = spark.createDataFrame(
+        [("A", "B", 0.9), ("A", "C", 0.5), ("A", "D", 0.5), ("A", "E", 0.1), ("B", "A", 0.9)],
+        "product_id string, neighbour_id string, score double",
+    )
+    got = sorted(tuple(r) for r in similar_products(content, 3).collect())
+    assert got == [("A", 1, "B", 0.9), ("A", 2, "C", 0.5), ("A", 3, "D", 0.5), ("B", 1, "A", 0.9)]
+
+
+# --- scoring users against a model built by hand ---------------------------------
+
+IDS = ["P1", "P2", "P3", "P4", "P5"]
+TITLES = {"P1": "Red mug", "P2": "Blue mug", "P3": "Teapot", "P4": "Yoga mat", "P5": "Dumbbell"}
+TREND = [1.0, 0.2, 0.1, 0.3, 0.9]
+# (user_id, product_id, weight, purchased, strongest_event, recency)
+HISTORY = [
+    ("U1", "P1", 5.0, True, "purchase", 1),
+    ("U1", "P2", 1.0, False, "view", 2),
+    ("U2", "P4", 1.0, False, "view", 1),
+    ("U3", "P5", 5.0, True, "purchase", 1),  # P5 has no neighbours: U3 has no personal candidates
+]
+HISTORY_COLUMNS = ["user_id", "product_id", "weight", "purchased", "strongest_event", "recency"]
+
+
+def hand_model() -> Model:
+    index = ItemIndex(np.array(IDS))
+    position = {pid: i for i, pid in enumerate(IDS)}
+    covisit = np.zeros((5, 5))
+    for a, b, score in [("P1", "P2", 0.9), ("P1", "P3", 0.5), ("P2", "P3", 0.7), ("P2", "P1", 0.9), ("P4", "P5", 0.8)]:
+        covisit[position[a], position[b]] = score
+    empty = sparse.csr_matrix((5, 5))
+    edges = {name: empty for name in EDGE_SIGNALS} | {"covisit": sparse.csr_matrix(covisit)}
+    weights = {name: 0.0 for name in SIGNALS} | {"covisit": 1.0, "trend": 0.1}
+    return Model(index=index, edges=edges, cluster_of=np.full(5, -1), trend=np.array(TREND), weights=weights)
+
+
+# Worked by hand. U1's shares are 5/6 (P1) and 1/6 (P2); covisit scores P1 0.9/6,
+# P2 0.9 * 5/6, P3 (0.5 * 5 + 0.7) / 6, normalised by the best (P2), plus 0.1 x trend.
+# P1 is bought, so U1 gets P2 then P3, both mostly thanks to P1. U2 gets P5 (via P4),
+# then P1 on trend alone; U3 only trend: P1, then P4.
+EXPECTED = [
+    ("U1", 1, "P2", 1.0 + 0.1 * 0.2, "P1", "purchase"),
+    ("U1", 2, "P3", (0.5 * 5 + 0.7) / (0.9 * 5) + 0.1 * 0.1, "P1", "purchase"),
+    ("U2", 1, "P5", 1.0 + 0.1 * 0.9, "P4", "view"),
+    ("U2", 2, "P1", 0.1 * 1.0, None, None),
+    ("U3", 1, "P1", 0.1 * 1.0, None, None),
+    ("U3", 2, "P4", 0.1 * 0.3, None, None),
+]
+
+
+def test_recommend_block_by_hand():
+    result = recommend_block(hand_model(), pd.DataFrame(HISTORY, columns=HISTORY_COLUMNS), 2)
+    assert list(result.columns) == ["user_id", "rank", "product_id", "score", "reason_product_id", "reason_event"]
+    got = [
+        (r.user_id, r.rank, r.product_id, pytest.approx(r.score, rel=1e-5), r.reason_product_id, r.reason_event)
+        for r in result.itertuples()
+    ]
+    assert sorted(got, key=lambda row: row[:2]) == EXPECTED
+
+
+def test_recommend_block_stops_when_the_catalog_runs_out():
+    # U9 bought four of the five products: one product is left to recommend.
+    history = pd.DataFrame(
+        [("U9", pid, 1.0, True, "purchase", i + 1) for i, pid in enumerate(IDS[:4])], columns=HISTORY_COLUMNS
+    )
+    result = recommend_block(hand_model(), history, 3)
+    assert result["product_id"].tolist() == ["P5"]
+    assert result["rank"].tolist() == [1]
+
+
+def test_score_users_and_explain(spark):
+    history = spark.createDataFrame(HISTORY, "user_id string, product_id string, weight double, purchased boolean,"
+                                             " strongest_event string, recency int")
+    products = spark.createDataFrame(list(TITLES.items()), "product_id string, title string")
+    # Two users per task: the three users are scored in more than one group.
+    scored = explain(score_users(spark, hand_model(), history, 2, users_per_task=2), products)
+    assert scored.columns == ["user_id", "rank", "product_id", "score", "reason", "reason_product_id"]
+    got = sorted(
+        (r["user_id"], r["rank"], r["product_id"], r["reason"], r["reason_product_id"]) for r in scored.collect()
+    )
+    verbs = {"purchase": "bought", "view": "viewed"}
+    assert got == [
+        (user, rank, pid, f"because you {verbs[event]}: {TITLES[why]}" if why else "popular right now", why)
+        for user, rank, pid, _, why, event in EXPECTED
+    ]
+    # Every user gets exactly top_n, none of them already bought.
+    bought = {(user, pid) for user, pid, _, purchased, _, _ in HISTORY if purchased}
+    assert not bought & {(user, pid) for user, _, pid, _, _ in got}
+    assert {user: sum(1 for row in got if row[0] == user) for user in ("U1", "U2", "U3")} == {"U1": 2, "U2": 2, "U3": 2}
+
+
+def test_popular_products_and_users_per_task():
+    popular = popular_products(hand_model(), 3)
+    assert popular.to_dict("list") == {"rank": [1, 2, 3], "product_id": ["P1", "P5", "P4"], "score": [1.0, 0.9, 0.3]}
+    assert users_per_task(1) == 5000
+    assert users_per_task(1000) == 4000
+    assert users_per_task(1_000_000) == 50
