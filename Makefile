@@ -12,9 +12,17 @@ INPUT ?=
 FORMAT ?=
 CONF ?= {}
 
-.PHONY: run test setup demo-shop unit e2e lint recs similar summary airflow-ui clean
+.PHONY: run test setup jdbc-driver demo-shop unit e2e lint recs similar summary rollback airflow-ui clean
 
-setup: $(STAMP)
+setup: $(STAMP) jdbc-driver
+
+# The PostgreSQL JDBC driver (Debian's package) for publishing to a database; only
+# installed when missing. Elsewhere set RECS_JDBC_JARS or RECS_JDBC_PACKAGES (README).
+JDBC_JAR := /usr/share/java/postgresql.jar
+jdbc-driver:
+	@test -f $(JDBC_JAR) || ! command -v apt-get >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libpostgresql-jdbc-java) || true
+	@test -f $(JDBC_JAR) || echo "note: no $(JDBC_JAR): set RECS_JDBC_JARS to publish to PostgreSQL (README)"
 
 # Reinstall only when the pinned requirements or the package metadata change.
 $(STAMP): requirements.txt pyproject.toml
@@ -56,6 +64,11 @@ similar: setup
 
 summary: setup
 	@$(BIN)/python -m recs.reader summary
+
+# Back to the previous published version: PostgreSQL (when RECS_DATABASE_URL is set) and
+# a local published/CURRENT. `python -m recs.postgres versions` lists them.
+rollback: setup
+	@$(BIN)/python -m recs.postgres rollback
 
 # The Airflow UI with the DAG, on http://127.0.0.1:8080 (see README).
 airflow-ui: setup

@@ -42,6 +42,10 @@ class RecsConfig:
     # Empty means the backend's own default model.
     embedding_model: str = field(default="", metadata={"env": "EMBEDDING_MODEL"})
     embedding_batch_size: int = field(default=64, metadata={"env": "EMBEDDING_BATCH_SIZE"})
+    # The local model's runtime: auto (ONNX int8, else sentence-transformers), onnx-int8, torch.
+    embedding_local_runtime: str = field(default="auto", metadata={"env": "EMBEDDING_LOCAL_RUNTIME"})
+    # Where the local model's ONNX export is kept (a local folder); empty: ~/.cache/recs/models.
+    model_cache_dir: str = field(default="", metadata={"env": "RECS_MODEL_CACHE"})
     hashing_dimensions: int = field(default=256, metadata={"env": "HASHING_DIMENSIONS"})
     # OpenAI's `dimensions` parameter; 0 means the model's native size.
     embedding_dimensions: int = field(default=0, metadata={"env": "EMBEDDING_DIMENSIONS"})

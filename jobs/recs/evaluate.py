@@ -48,8 +48,9 @@ class Split:
 
 
 def time_split(events: DataFrame, days: int) -> Split:
-    newest = events.agg(F.max("ts")).first()[0]
-    cutoff = F.lit(newest) - F.expr(f"INTERVAL {int(days)} DAYS")
+    # The window starts at midnight (UTC), `days` before the day of the newest event.
+    newest_day = events.agg(F.date_trunc("day", F.max("ts"))).first()[0]
+    cutoff = F.lit(newest_day) - F.expr(f"INTERVAL {int(days)} DAYS")
     train = events.where(F.col("ts") < cutoff)
     window = events.where((F.col("ts") >= cutoff) & (F.col("event_type") == "purchase"))
     bought_before = train.where(F.col("event_type") == "purchase").select("user_id", "product_id").distinct()
@@ -101,7 +102,7 @@ def eval_set(split: Split, index: ItemIndex, config: RecsConfig, half_life_days:
     relevant = split.relevant[index.positions(split.relevant["product_id"]) >= 0]
     users = sorted(relevant["user_id"].unique())
     spark = split.train.sparkSession
-    wanted = spark.createDataFrame(pd.DataFrame({"user_id": users}))
+    wanted = spark.createDataFrame(pd.DataFrame({"user_id": users}, dtype=object), schema="user_id string")
     user_items = recommender.user_item_weights(split.train, config, half_life_days)
     history = recommender.scoring_history(user_items.join(F.broadcast(wanted), "user_id")).toPandas()
     bought = history[history["purchased"]].assign(one=1.0)
@@ -270,13 +271,26 @@ def evaluate_methods(
     inner_counts = recommender.count_pairs(inner.train, config)
     cluster_of = recommender.cluster_positions(index, clusters)
     tops: dict[str, np.ndarray] = {}
+    # Too short a history for a validation window: every method keeps its defaults.
+    can_tune = len(validation.users) > 0
+    if not can_tune:
+        log.warning("no validation users before the test window: hyper-parameters stay at their defaults")
 
     def best_on_validation(candidates: dict, validation_scores) -> object:
+        if not can_tune:
+            return next(iter(candidates))
         return max(candidates, key=lambda c: recommender.ndcg(validation_scores(c), validation.excluded,
                                                               validation.relevant, k))
 
+    def tune(scores, start: dict, fixed: dict) -> dict:
+        if not can_tune:
+            return {**start, **fixed}
+        return recommender.tune_weights(scores, validation.excluded, validation.relevant, k, start, fixed)[0]
+
     # Ours: the same procedure as the recommend step, on the train part only.
-    half_life, validation_trends = tune_trend_half_life(inner.train, index, validation, config)
+    half_life = (
+        tune_trend_half_life(inner.train, index, validation, config)[0] if can_tune else config.trend_half_life_days
+    )
     validation_model = recommender.fit_model(inner.train, index, content, clusters, config,
                                              trend_half_life_days=half_life, counts=inner_counts)
     test_model = recommender.fit_model(split.train, index, content, clusters, config,
@@ -286,8 +300,7 @@ def evaluate_methods(
     start = recommender.default_weights(config)
     tuned = {}
     for name, fixed in (("published", {}), ("without_text", dict.fromkeys(recommender.TEXT_SIGNALS, 0.0))):
-        weights, _ = recommender.tune_weights(validation_scores, validation.excluded, validation.relevant, k,
-                                              start, fixed)
+        weights = tune(validation_scores, start, fixed)
         tuned[name] = weights
         tops[name] = recommender.top_k(recommender.blend(test_scores, weights), test.excluded, k)[0]
     # Without time: no recency decay in histories, no "bought next", no trending.
@@ -296,8 +309,7 @@ def evaluate_methods(
     flat_test = eval_set(split, index, config, half_life_days=flat)
     flat_validation_scores = recommender.signal_scores(validation_model, flat_validation.history, validation.users)
     flat_test_scores = recommender.signal_scores(test_model, flat_test.history, test.users)
-    weights, _ = recommender.tune_weights(flat_validation_scores, validation.excluded, validation.relevant, k,
-                                          start, dict.fromkeys(recommender.TIME_SIGNALS, 0.0))
+    weights = tune(flat_validation_scores, start, dict.fromkeys(recommender.TIME_SIGNALS, 0.0))
     tuned["without_time"] = weights
     tops["without_time"] = recommender.top_k(recommender.blend(flat_test_scores, weights), test.excluded, k)[0]
 
@@ -310,7 +322,7 @@ def evaluate_methods(
         cosine_scores(train_counts, index, binary_history(test, index)), test.excluded, k)[0]
     validation_history = binary_history(validation, index)
     ease_lambda = best_on_validation(
-        {lam: lam for lam in EASE_LAMBDAS},
+        {config.ease_lambda: None, **dict.fromkeys(EASE_LAMBDAS)},
         lambda lam: ease_scores(inner_counts, index, validation_history, lam, config.ease_max_items),
     )
     tops["ease"] = recommender.top_k(
@@ -327,6 +339,7 @@ def evaluate_methods(
     rows = [row for method, top in tops.items() for row in metric_rows(method, top, test, cluster_of)]
     tuning = {
         "protocol": protocol, "k": k, "test_users": len(test.users), "validation_users": len(validation.users),
+        "tuned": can_tune,
         "weights": tuned, "trend_half_life_days": half_life, "ease_lambda": ease_lambda,
         "als": {"rank": ALS_RANK, **ALS_GRID[als_index]},
     }

@@ -1,5 +1,7 @@
 """Read the published tables without Spark (pandas + pyarrow), as a storefront or a
 person at a terminal would. Local data roots only; a cluster reads them with Spark.
+With RECS_DATABASE_URL set, `user`, `similar` and `summary` read PostgreSQL instead
+(the schema RECS_DATABASE_SCHEMA, through recs.postgres).
 
     python -m recs.reader user U00042
     python -m recs.reader similar P00017
@@ -14,6 +16,7 @@ import sys
 
 import pandas as pd
 
+from recs import postgres
 from recs.config import RecsConfig
 from recs.io import CURRENT_POINTER
 
@@ -44,7 +47,8 @@ def recommendations_for(data_root: str, user_id: str) -> pd.DataFrame:
         mine = published_table(data_root, "popular_products").assign(
             user_id=user_id, reason="no history yet: popular right now"
         )
-    return mine.assign(title=mine["product_id"].map(titles(data_root)))[["rank", "product_id", "title", "score", "reason"]]
+    columns = ["rank", "product_id", "title", "score", "reason"]
+    return mine.assign(title=mine["product_id"].map(titles(data_root)))[columns]
 
 
 def similar_to(data_root: str, product_id: str) -> pd.DataFrame:
@@ -82,21 +86,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("what", choices=["user", "similar", "summary", "samples"])
     parser.add_argument("id", nargs="?", help="user id (user) or product id (similar)")
     parser.add_argument("--data-root", default=None, help="defaults to RECS_DATA_ROOT")
+    parser.add_argument("--source", choices=["auto", "parquet", "postgres"], default="auto",
+                        help="auto (default): PostgreSQL when RECS_DATABASE_URL is set, else Parquet")
     args = parser.parse_args(argv)
-    data_root = args.data_root or RecsConfig.load().data_root
+    config = RecsConfig.load()  # also reads .env, where RECS_DATABASE_URL may be
+    data_root = args.data_root or config.data_root
+    database = None if args.source == "parquet" else postgres.configured_database()
+    if args.source == "postgres" and database is None:
+        parser.error(f"--source postgres needs {postgres.URL_VARIABLE}")
+    schema = config.database_schema
     pd.set_option("display.width", 200)
     try:
         if args.what in ("user", "similar") and not args.id:
             parser.error(f"'{args.what}' needs an id")
         if args.what == "user":
-            print(recommendations_for(data_root, args.id).to_string(index=False, max_colwidth=60))
+            mine = (postgres.recommendations_for(database, schema, args.id) if database
+                    else recommendations_for(data_root, args.id))
+            print(mine.to_string(index=False, max_colwidth=60))
         elif args.what == "similar":
-            print(similar_to(data_root, args.id).to_string(index=False, max_colwidth=60))
+            similar = postgres.similar_to(database, schema, args.id) if database else similar_to(data_root, args.id)
+            print(similar.to_string(index=False, max_colwidth=60))
         elif args.what == "summary":
-            print(summary(data_root).to_string())
+            print((postgres.summary(database, schema) if database else summary(data_root)).to_string())
         else:
             print_samples(data_root)
-    except (FileNotFoundError, KeyError) as err:
+    except (FileNotFoundError, KeyError, postgres.DatabaseError) as err:
         print(f"error: {err.args[0]}", file=sys.stderr)
         return 1
     return 0

@@ -97,7 +97,8 @@ def connection_url(connection) -> str:
     auth = f"{login}:{password}@" if password else (f"{login}@" if login else "")
     extras = {k: v for k, v in (connection.extra_dejson or {}).items() if isinstance(v, str | int)}
     query = f"?{urlencode(extras)}" if extras else ""
-    return f"postgresql://{auth}{connection.host or 'localhost'}:{connection.port or 5432}/{connection.schema or 'postgres'}{query}"
+    where = f"{connection.host or 'localhost'}:{connection.port or 5432}/{connection.schema or 'postgres'}"
+    return f"postgresql://{auth}{where}{query}"
 
 
 def export_database_url() -> None:

@@ -20,7 +20,7 @@ TOP_N = 5
 
 def test_dag_publishes_sound_tables_for_a_synthetic_shop(tmp_path, run_dag):
     shop = tmp_path / "shop"
-    write_shop(str(shop), ShopSize(products=360, users=240, days=60), seed=3)
+    write_shop(str(shop), ShopSize(products=360, users=240, days=120), seed=3)
     data_root = tmp_path / "data"
     # The default backend (`auto` without a key): the offline MiniLM model.
     conf = {"input_path": str(shop), "input_format": "contract", "top_n": TOP_N, "k_min": 4, "k_max": 14,

@@ -8,8 +8,8 @@ from pathlib import Path
 from recs.config import env_names
 
 REPO = Path(__file__).resolve().parents[2]
-AIRFLOW_SIDE = {"RECS_SPARK_CONN_ID", "RECS_JOBS_DIR", "RECS_BUILD_DIR"}
-SECRETS_AND_CLIENT = {"OPENAI_API_KEY", "OPENAI_BASE_URL"}
+AIRFLOW_SIDE = {"RECS_SPARK_CONN_ID", "RECS_JOBS_DIR", "RECS_BUILD_DIR", "RECS_JDBC_JARS", "RECS_JDBC_PACKAGES"}
+SECRETS_AND_CLIENT = {"OPENAI_API_KEY", "OPENAI_BASE_URL", "RECS_DATABASE_URL"}
 
 
 def documented() -> set[str]:

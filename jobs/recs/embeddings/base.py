@@ -32,8 +32,16 @@ class EmbeddingBackend(ABC):
     def embed(self, texts: list[str]) -> np.ndarray:
         """Vectors for `texts`, shape (len(texts), dimensions), rows of unit length."""
 
+    # True when a call costs money or needs a credential: the embed step then makes its
+    # first call on the driver, so that a bad key fails once, not once per task attempt.
+    probe_on_driver: bool = False
+
     def stats(self) -> dict[str, float]:
         """What this backend spent so far in this process (requests, tokens, retries)."""
+        return {}
+
+    def worker_settings(self) -> dict:
+        """Settings Spark's workers need to build this same backend (choices made on the driver)."""
         return {}
 
 
@@ -61,7 +69,12 @@ def create_backend(name: str, config: RecsConfig) -> EmbeddingBackend:
     if name == "local":
         from recs.embeddings.local import LocalBackend
 
-        return LocalBackend(config.embedding_model or None, config.embedding_batch_size)
+        return LocalBackend(
+            config.embedding_model or None,
+            config.embedding_batch_size,
+            runtime=config.embedding_local_runtime,
+            cache_dir=config.model_cache_dir,
+        )
     if name == "openai":
         from recs.embeddings.openai_backend import OpenAIBackend
 

@@ -93,6 +93,7 @@ class _Item:
 
 class OpenAIBackend(EmbeddingBackend):
     name = "openai"
+    probe_on_driver = True
 
     def __init__(
         self,
