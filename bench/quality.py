@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         "amazon_office": (amazon, "amazon_reviews"),
     }
     config = RecsConfig.load()
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # the workers need this venv's packages
     spark = build_spark("recs-bench-quality", config)
     spark.sparkContext.setLogLevel("WARN")
     results = {}
