@@ -12,6 +12,7 @@ catalog is ranked (no sampled negatives), without what the user bought before.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -334,7 +335,10 @@ def evaluate_methods(
     )
     tops["als"] = recommender.top_k(
         als_scores(split.train, index, test.users, ALS_GRID[als_index], config.seed), test.excluded, k)[0]
-    tops["cluster_only"] = recommender.top_k(test_scores["cluster"], test.excluded, k)[0]
+    # Cluster-only: plain (undecayed) popularity inside the user's favourite clusters.
+    popular_model = dataclasses.replace(test_model, trend=test.buyers / max(test.buyers.max(), 1))
+    cluster_only = recommender.signal_scores(popular_model, test.history, test.users)["cluster"]
+    tops["cluster_only"] = recommender.top_k(cluster_only, test.excluded, k)[0]
 
     rows = [row for method, top in tops.items() for row in metric_rows(method, top, test, cluster_of)]
     tuning = {
