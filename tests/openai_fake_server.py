@@ -112,6 +112,7 @@ class _State:
     rejects: Callable[[str], bool] | None = None
     requests: list[RequestRecord] = field(default_factory=list)
     delivered: list[str] = field(default_factory=list)
+    unauthorized: int = 0
 
 
 class FakeOpenAIServer:
@@ -167,6 +168,7 @@ class FakeOpenAIServer:
             self._state.rejects = None
             self._state.requests.clear()
             self._state.delivered.clear()
+            self._state.unauthorized = 0
 
     # -- controls and log --------------------------------------------------------------
 
@@ -190,6 +192,12 @@ class FakeOpenAIServer:
         delivery: a text listed twice was paid for twice."""
         with self._state.lock:
             return list(self._state.delivered)
+
+    @property
+    def unauthorized(self) -> int:
+        """Requests answered 401 (no key or a wrong one); they are not in `requests`."""
+        with self._state.lock:
+            return self._state.unauthorized
 
     @property
     def received(self) -> list[str]:
@@ -242,6 +250,8 @@ class _Handler(BaseHTTPRequestHandler):
             # can prove the client never repeats a server's error text verbatim.
             key = supplied.removeprefix("Bearer ")
             message = f"Incorrect API key provided: {key}." if key else "You didn't provide an API key."
+            with fake._state.lock:
+                fake._state.unauthorized += 1
             self._send_json(401, _error_body(message, "invalid_request_error", "invalid_api_key"))
             return
 
