@@ -156,4 +156,6 @@ def published_asset(config: RecsConfig) -> Asset:
     """The Asset the publish task updates: the `published/` folder of the data root."""
     root = config.data_root.rstrip("/")
     uri = f"{root}/published" if "://" in root else f"file://{root}/published"
-    return Asset(name="recs_published", uri=uri)
+    # Named by its URI: Airflow refuses one asset name for two URIs, and each data root
+    # (a shop, a test) publishes its own tables.
+    return Asset(uri=uri)
