@@ -33,7 +33,7 @@ def test_dag_publishes_sound_tables_for_online_retail(tmp_path, run_dag):
     assert preprocess["events_in"] == 396_370
     # Every one of the 541,909 rows is an event or set aside with its reason (the first
     # reason that applies: a cancelled postage line counts as a non-product).
-    skipped = {reason: count for reason, count in preprocess["quarantine"].items() if reason.startswith("online_retail")}
+    skipped = {reason: n for reason, n in preprocess["quarantine"].items() if reason.startswith("online_retail")}
     assert skipped == {
         "online_retail: cancellation": 8_704,
         "online_retail: guest checkout (no CustomerID)": 133_840,
