@@ -131,7 +131,8 @@ def run(spark: SparkSession, config: RecsConfig, paths: RunPaths) -> dict:
     content = spark.read.parquet(paths.table("content_neighbours"))
     index = catalog_index(products)
     model, tuning = tuned_model(events, index, content.toPandas(), clusters, config, protocol_for(spark, paths))
-    history = scoring_history(user_item_weights(events, config))
+    # Read three times (user count, scoring, stats): aggregate the event log once.
+    history = scoring_history(user_item_weights(events, config)).cache()
     recommendations = explain(score_users(spark, model, history, config.top_n, users_per_task(len(index))), products)
     # Load
     write_table(similar_products(content, config.top_n), paths.table("similar_products"))
