@@ -81,6 +81,7 @@ class RecsConfig:
     weight_ease: float = field(default=1.0, metadata={"env": "RECS_WEIGHT_EASE"})
     weight_next: float = field(default=0.5, metadata={"env": "RECS_WEIGHT_NEXT"})
     weight_content: float = field(default=0.2, metadata={"env": "RECS_WEIGHT_CONTENT"})
+    weight_neighbours: float = field(default=1.0, metadata={"env": "RECS_WEIGHT_NEIGHBOURS"})
     weight_cluster: float = field(default=0.0, metadata={"env": "RECS_WEIGHT_CLUSTER"})
     weight_trend: float = field(default=0.3, metadata={"env": "RECS_WEIGHT_TREND"})
     tune_weights: bool = field(default=True, metadata={"env": "RECS_TUNE_WEIGHTS"})
@@ -92,6 +93,13 @@ class RecsConfig:
     next_window: int = field(default=3, metadata={"env": "RECS_NEXT_WINDOW"})
     # ... walked from the user's most recent products only.
     recent_items_for_next: int = field(default=5, metadata={"env": "RECS_RECENT_ITEMS_FOR_NEXT"})
+    # "Neighbours": what a user's most similar customers bought, halved every this many days.
+    neighbour_users: int = field(default=400, metadata={"env": "RECS_NEIGHBOUR_USERS"})
+    neighbour_half_life_days: float = field(default=7.0, metadata={"env": "RECS_NEIGHBOUR_HALF_LIFE_DAYS"})
+    # Share of each list (the last slots) kept for products related to the user's own
+    # history that the blend did not already pick: time signals favour what everybody
+    # buys now; these slots keep lists personal and the catalog covered.
+    discovery_share: float = field(default=0.3, metadata={"env": "RECS_DISCOVERY_SHARE"})
 
     # Evaluation: the last eval_days of the data are the test window (and, inside the
     # train part, the validation window); metrics at eval_k.
@@ -125,6 +133,8 @@ class RecsConfig:
             raise ValueError(f"k must be 0 (choose from the data) or at least 2, got {self.k}")
         if not 2 <= self.k_min <= self.k_max:
             raise ValueError(f"need 2 <= k_min <= k_max, got {self.k_min}..{self.k_max}")
+        if not 0 <= self.discovery_share < 1:
+            raise ValueError(f"discovery_share must be in [0, 1), got {self.discovery_share}")
         if self.top_n < 1:
             raise ValueError(f"top_n must be at least 1, got {self.top_n}")
         if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", self.database_schema):

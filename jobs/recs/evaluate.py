@@ -303,7 +303,7 @@ def evaluate_methods(
     for name, fixed in (("published", {}), ("without_text", dict.fromkeys(recommender.TEXT_SIGNALS, 0.0))):
         weights = tune(validation_scores, start, fixed)
         tuned[name] = weights
-        tops[name] = recommender.top_k(recommender.blend(test_scores, weights), test.excluded, k)[0]
+        tops[name] = recommender.ranked(test_scores, weights, test.excluded, k, config.discovery_share)[0]
     # Without time: no recency decay in histories, no "bought next", no trending.
     flat = 1e9
     flat_validation = eval_set(inner, index, config, half_life_days=flat)
@@ -312,7 +312,8 @@ def evaluate_methods(
     flat_test_scores = recommender.signal_scores(test_model, flat_test.history, test.users)
     weights = tune(flat_validation_scores, start, dict.fromkeys(recommender.TIME_SIGNALS, 0.0))
     tuned["without_time"] = weights
-    tops["without_time"] = recommender.top_k(recommender.blend(flat_test_scores, weights), test.excluded, k)[0]
+    tops["without_time"] = recommender.ranked(
+        flat_test_scores, weights, test.excluded, k, config.discovery_share)[0]
 
     # Baselines, each tuned on validation the same way.
     users = len(test.users)

@@ -11,10 +11,15 @@ Signals, each normalised per user to [0, 1] before blending:
 - ease:    EASE^R, the closed-form linear item model (most popular products only);
 - next:    P(b is bought after a), walked from the user's most recent products;
 - content: cosine of the product text embeddings;
+- neighbours: what the user's most similar customers (cosine of their product sets)
+           bought recently, their purchases halved every `neighbour_half_life_days`;
 - cluster: the user's share of interest in the product's K-means cluster x popularity;
 - trend:   popularity with an exponential time decay (not personal).
 A user's history weights each event by type (view < cart < purchase) and halves it
-every `recency_half_life_days`, so recent intent counts most.
+every `recency_half_life_days`, so recent intent counts most. The last
+`discovery_share` of each list goes to the best products of the user's own item-item
+signals that are not yet in it: the time signals favour what everybody buys now, and
+those slots keep every list personal (and the catalog covered).
 """
 
 from __future__ import annotations
@@ -34,10 +39,13 @@ from recs.metrics import ranking_metrics
 log = logging.getLogger(__name__)
 
 EDGE_SIGNALS = ("covisit", "ease", "next", "content")
-SIGNALS = (*EDGE_SIGNALS, "cluster", "trend")
+SIGNALS = (*EDGE_SIGNALS, "neighbours", "cluster", "trend")
 # Signals that use time: switched off together for the "without time" ablation.
-TIME_SIGNALS = ("next", "trend")
+TIME_SIGNALS = ("next", "neighbours", "trend")
 TEXT_SIGNALS = ("content", "cluster")
+# reason_event of a pick that similar customers bought recently, with no product of the
+# user's own history behind it.
+SIMILAR_CUSTOMERS = "similar_customers"
 
 
 def default_weights(config: RecsConfig) -> dict[str, float]:
@@ -125,11 +133,12 @@ class ItemIndex:
         return self.position.get_indexer(ids)
 
 
-def top_per_row(matrix, keep: int) -> sparse.csr_matrix:
+def top_per_row(matrix, keep: int, drop_diagonal: bool = True) -> sparse.csr_matrix:
     """Keep each row's `keep` largest positive entries, the diagonal dropped (sparse
     throughout: the catalog may be far larger than what fits as a dense square)."""
     source = sparse.csr_matrix(matrix, dtype=np.float32)
-    source.setdiag(0)
+    if drop_diagonal:
+        source.setdiag(0)
     source.data[source.data < 0] = 0
     source.eliminate_zeros()
     rows, cols, values = [], [], []
@@ -184,6 +193,16 @@ def row_normalised(matrix: sparse.csr_matrix) -> sparse.csr_matrix:
 
 
 @dataclass
+class Customers:
+    """Every customer's recent products, for the "neighbours" signal."""
+
+    index: ItemIndex  # customer ids
+    profiles: sparse.csr_matrix  # customers x products, 0/1 rows scaled to unit length
+    recent: sparse.csr_matrix  # customers x products, event weights halved with age
+    neighbours: int  # similar customers consulted per user
+
+
+@dataclass
 class Model:
     """Everything scoring needs, small enough to broadcast."""
 
@@ -193,6 +212,8 @@ class Model:
     trend: np.ndarray  # popularity per product position, max 1
     weights: dict[str, float]
     recent_items_for_next: int = 5
+    customers: Customers | None = None
+    discovery_share: float = 0.0
     titles: dict[str, str] = field(default_factory=dict)
 
 
@@ -230,6 +251,23 @@ def history_matrix(history: pd.DataFrame, users: list[str], index: ItemIndex, va
     )
 
 
+def neighbour_scores(customers: Customers | None, users: list[str], products: int) -> sparse.csr_matrix:
+    """users x products: the recent purchases of each user's most similar customers,
+    each weighted by its cosine similarity to the user (the user left out)."""
+    if customers is None:
+        return sparse.csr_matrix((len(users), products))
+    rows = customers.index.positions(users)
+    known = np.flatnonzero(rows >= 0)
+    similarity = (customers.profiles[rows[known]] @ customers.profiles.T).tocoo()
+    own = rows[known][similarity.row] == similarity.col
+    similarity.data[own] = 0  # a user is not their own neighbour
+    nearest = top_per_row(similarity, customers.neighbours, drop_diagonal=False)
+    placed = sparse.csr_matrix(
+        (np.ones(len(known)), (known, np.arange(len(known)))), shape=(len(users), len(known))
+    )
+    return (placed @ (nearest @ customers.recent)).tocsr()
+
+
 def _per_user_max_normalised(scores: np.ndarray) -> np.ndarray:
     top = scores.max(axis=1, keepdims=True)
     return np.divide(scores, top, out=np.zeros_like(scores), where=top > 0)
@@ -247,6 +285,7 @@ def signal_scores(model: Model, history: pd.DataFrame, users: list[str]) -> dict
         "ease": shares @ model.edges["ease"],
         "next": recent @ model.edges["next"],
         "content": shares @ model.edges["content"],
+        "neighbours": neighbour_scores(model.customers, users, len(model.index)),
     }
     scores = {
         name: _per_user_max_normalised(np.asarray(value.todense(), dtype=np.float32)) for name, value in scores.items()
@@ -287,33 +326,65 @@ def top_k(blended: np.ndarray, excluded: sparse.csr_matrix, k: int) -> tuple[np.
     return np.take_along_axis(best, order, axis=1), np.take_along_axis(best_scores, order, axis=1)
 
 
+def discovery_slots(k: int, share: float) -> int:
+    return min(int(round(k * share)), k - 1) if k > 1 else 0
+
+
+def ranked(
+    scores: dict[str, np.ndarray], weights: dict[str, float], excluded: sparse.csr_matrix, k: int, share: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, blended scores) of each user's k products: the blend's best first,
+    then `discovery_slots` filled from the user's own item-item signals."""
+    blended = blend(scores, weights)
+    slots = discovery_slots(k, share)
+    positions, best_scores = top_k(blended, excluded, k - slots)
+    if slots == 0:
+        return positions, best_scores
+    personal = {name: w for name, w in weights.items() if name in EDGE_SIGNALS and w} or {"ease": 1.0}
+    rows = np.repeat(np.arange(len(positions)), positions.shape[1])
+    chosen = positions.ravel() >= 0
+    shown = sparse.csr_matrix(
+        (np.ones(int(chosen.sum())), (rows[chosen], positions.ravel()[chosen])), shape=excluded.shape
+    )
+    extra, extra_scores = top_k(blend(scores, personal), (excluded + shown).tocsr(), slots)
+    # Report the blended score of a discovery pick, so scores compare across a list.
+    extra_blended = np.where(np.isfinite(extra_scores), np.take_along_axis(blended, extra, axis=1), -np.inf)
+    return np.hstack([positions, extra]), np.hstack([best_scores, extra_blended])
+
+
 def recommend_block(model: Model, history: pd.DataFrame, k: int) -> pd.DataFrame:
     """(user_id, rank, product_id, score, reason_product_id, reason_event) for the users
     of `history` (user_id, product_id, weight, purchased, strongest_event, recency)."""
     users = list(dict.fromkeys(history["user_id"]))
     scores = signal_scores(model, history, users)
-    blended = blend(scores, model.weights)
     bought = history_matrix(history[history["purchased"]].assign(one=1.0), users, model.index, "one")
-    positions, best_scores = top_k(blended, bought, k)
+    positions, best_scores = ranked(scores, model.weights, bought, k, model.discovery_share)
     rows = []
     personal = {name: w for name, w in model.weights.items() if w and name in EDGE_SIGNALS}
     weights = history_matrix(history, users, model.index)
+    # Without a product of their own behind it, a pick is either what similar customers
+    # buy now or what everybody buys now, whichever weighs more in its score.
+    from_customers = model.weights.get("neighbours", 0) * scores["neighbours"] > model.weights.get(
+        "trend", 0) * scores["trend"]
     for row, user_id in enumerate(users):
         valid = np.isfinite(best_scores[row])  # fewer products left than k
         chosen, scores_of_chosen = positions[row][valid], best_scores[row][valid]
         reasons = _reason_items(model, personal, weights[row], chosen)
         rows += [
-            (user_id, rank, model.index.ids[position], float(score), reason)
+            (user_id, rank, model.index.ids[position], float(score), reason, bool(from_customers[row, position]))
             for rank, (position, score, reason) in enumerate(zip(chosen, scores_of_chosen, reasons, strict=True), 1)
         ]
-    result = pd.DataFrame(rows, columns=["user_id", "rank", "product_id", "score", "reason_position"])
+    result = pd.DataFrame(
+        rows, columns=["user_id", "rank", "product_id", "score", "reason_position", "from_customers"]
+    )
     events = history.set_index(["user_id", "product_id"])["strongest_event"]
     reason_ids = [model.index.ids[p] if p >= 0 else None for p in result["reason_position"]]
     result["reason_product_id"] = reason_ids
     result["reason_event"] = [
-        events.get((u, p)) if p is not None else None for u, p in zip(result["user_id"], reason_ids, strict=True)
+        events.get((u, p)) if p is not None else (SIMILAR_CUSTOMERS if similar else None)
+        for u, p, similar in zip(result["user_id"], reason_ids, result["from_customers"], strict=True)
     ]
-    return result.drop(columns="reason_position")
+    return result.drop(columns=["reason_position", "from_customers"])
 
 
 def _reason_items(model: Model, personal: dict, user_row, chosen: np.ndarray) -> np.ndarray:
@@ -377,6 +448,24 @@ def count_pairs(events: DataFrame, config: RecsConfig) -> Counts:
     return Counts(cooccurrence, transition_counts(events, config.next_window).toPandas())
 
 
+def customer_profiles(events: DataFrame, index: ItemIndex, config: RecsConfig) -> Customers:
+    """Each customer's most recent products, counted in Spark, as the matrices of
+    `Customers` (weights halved every `neighbour_half_life_days`)."""
+    user_items = user_item_weights(events, config, config.neighbour_half_life_days)
+    recent = recent_history(user_items, config.max_history_for_pairs).select("user_id", "product_id", "weight")
+    return customers_from_pairs(recent.toPandas(), index, config.neighbour_users)
+
+
+def customers_from_pairs(recent: pd.DataFrame, index: ItemIndex, neighbours: int) -> Customers:
+    """`Customers` from (user_id, product_id, weight) rows."""
+    customers = ItemIndex(np.array(sorted(recent["user_id"].unique()), dtype=object))
+    weights = history_matrix(recent, list(customers.ids), index)
+    profiles = (weights > 0).astype(np.float64)
+    lengths = np.sqrt(np.asarray(profiles.sum(axis=1)).ravel())
+    profiles = sparse.diags(1.0 / np.maximum(lengths, 1.0)) @ profiles
+    return Customers(index=customers, profiles=profiles.tocsr(), recent=weights, neighbours=neighbours)
+
+
 def fit_model(
     events: DataFrame,
     index: ItemIndex,
@@ -396,6 +485,8 @@ def fit_model(
         trend=trend_vector(events, index, trend_half_life_days or config.trend_half_life_days, config),
         weights=weights or default_weights(config),
         recent_items_for_next=config.recent_items_for_next,
+        customers=customer_profiles(events, index, config),
+        discovery_share=config.discovery_share,
     )
 
 

@@ -23,7 +23,7 @@ from recs.config import RecsConfig
 from recs.embeddings.base import normalise_rows
 from recs.evaluate import protocol_for, tuned_model
 from recs.io import RunPaths, write_table
-from recs.model import Model, catalog_index, recommend_block, scoring_history, user_item_weights
+from recs.model import SIMILAR_CUSTOMERS, Model, catalog_index, recommend_block, scoring_history, user_item_weights
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,8 @@ def explain(recommendations: DataFrame, products: DataFrame) -> DataFrame:
     reason = F.when(
         F.col("reason_product_id").isNotNull(),
         F.concat(F.lit("because you "), verb, F.lit(": "), F.coalesce("_title", "reason_product_id")),
-    ).otherwise(F.lit("popular right now"))
+    ).when(F.col("reason_event") == SIMILAR_CUSTOMERS, F.lit("popular with customers like you")).otherwise(
+        F.lit("popular right now"))
     return recommendations.join(F.broadcast(titles), "reason_product_id", "left").select(
         "user_id", "rank", "product_id", "score", reason.alias("reason"), "reason_product_id"
     )

@@ -110,3 +110,57 @@ def test_no_leakage_from_the_test_window(spark):
     scores = model.signal_scores(fitted, test.history, test.users)
     for name in ("covisit", "ease", "next", "trend"):
         assert not scores[name][:, x].any(), name
+
+
+def hand_customers(neighbours: int) -> model.Customers:
+    recent = pd.DataFrame(
+        [("u1", "a", 1.0), ("u1", "b", 1.0), ("u2", "a", 1.0), ("u2", "b", 1.0), ("u2", "c", 2.0), ("u3", "d", 1.0)],
+        columns=["user_id", "product_id", "weight"],
+    )
+    return model.customers_from_pairs(recent, model.ItemIndex(np.array(["a", "b", "c", "d"])), neighbours)
+
+
+def test_neighbour_scores_by_hand():
+    # u1 {a, b} and u2 {a, b, c}: cosine 2 / sqrt(2 * 3); u3 {d} shares nothing.
+    similarity = 2 / np.sqrt(6)
+    scores = model.neighbour_scores(hand_customers(neighbours=1), ["u1", "u2", "u3", "new"], 4).toarray()
+    np.testing.assert_allclose(scores[0], similarity * np.array([1.0, 1.0, 2.0, 0.0]))  # u2's, never u1's own
+    np.testing.assert_allclose(scores[1], similarity * np.array([1.0, 1.0, 0.0, 0.0]))
+    np.testing.assert_array_equal(scores[2:], 0)  # no similar customer; unknown user
+
+
+def test_neighbour_scores_keep_only_the_nearest_customers():
+    recent = pd.DataFrame(
+        [("me", "a", 1.0), ("me", "b", 1.0), ("close", "a", 1.0), ("close", "b", 1.0), ("close", "c", 1.0),
+         ("far", "a", 1.0), ("far", "d", 1.0), ("far", "e", 1.0), ("far", "f", 1.0)],
+        columns=["user_id", "product_id", "weight"],
+    )
+    index = model.ItemIndex(np.array(list("abcdef")))
+    one = model.neighbour_scores(model.customers_from_pairs(recent, index, 1), ["me"], 6).toarray()[0]
+    two = model.neighbour_scores(model.customers_from_pairs(recent, index, 2), ["me"], 6).toarray()[0]
+    assert one[2] > 0 and not one[3:].any()  # only "close" counts
+    assert two[3:].all()  # "far" too
+
+
+def test_discovery_slots():
+    assert [model.discovery_slots(k, 0.3) for k in (1, 2, 5, 10, 20)] == [0, 1, 2, 3, 6]
+    assert model.discovery_slots(10, 0.0) == 0
+    assert model.discovery_slots(3, 0.9) == 2  # the blend always keeps the first place
+
+
+def test_ranked_gives_the_last_slots_to_the_users_own_signals():
+    # Trend prefers products 0 > 1 > 2 > 3; the user's covisit signal 5 > 4 > 3.
+    trend = np.array([[1.0, 0.9, 0.8, 0.7, 0.0, 0.0]] * 2)
+    covisit = np.array([[0.0, 0.0, 0.0, 0.5, 0.8, 1.0]] * 2)
+    scores = {"trend": trend, "covisit": covisit}
+    weights = {"trend": 1.0, "covisit": 0.1}
+    nothing = sparse.csr_matrix((2, 6))
+    plain, _ = model.ranked(scores, weights, nothing, 4, 0.0)
+    np.testing.assert_array_equal(plain, [[0, 1, 2, 3]] * 2)
+    positions, blended = model.ranked(scores, weights, nothing, 4, 0.5)
+    np.testing.assert_array_equal(positions, [[0, 1, 5, 4]] * 2)
+    np.testing.assert_allclose(blended[0], [1.0, 0.9, 0.1, 0.08])  # the blend's score, for every slot
+    # Bought products are never shown, in either part; shown ones never twice.
+    bought = sparse.csr_matrix(np.array([[1, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 0]]))
+    positions, _ = model.ranked(scores, weights, bought, 4, 0.5)
+    np.testing.assert_array_equal(positions, [[1, 2, 4, 3], [0, 1, 5, 4]])

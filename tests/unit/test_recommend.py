@@ -15,10 +15,13 @@ from recs.config import RecsConfig
 from recs.model import (
     EDGE_SIGNALS,
     SIGNALS,
+    SIMILAR_CUSTOMERS,
     ItemIndex,
     Model,
     cooccurrence_counts,
     cosine_from_counts,
+    customer_profiles,
+    customers_from_pairs,
     pairs_to_matrix,
     recent_history,
     recommend_block,
@@ -296,3 +299,40 @@ def test_popular_products_and_users_per_task():
     assert users_per_task(1) == 5000
     assert users_per_task(1000) == 4000
     assert users_per_task(1_000_000) == 50
+
+
+def test_customer_profiles_from_events(spark):
+    config = RecsConfig(purchase_weight=5.0, view_weight=1.0, neighbour_half_life_days=7.0, neighbour_users=3,
+                        max_history_for_pairs=2)
+    events = spark.createDataFrame(
+        [
+            ("U1", "P1", "purchase", 1, NOW),
+            ("U1", "P2", "purchase", 1, NOW - timedelta(days=7)),  # one half-life: counts half
+            ("U1", "P3", "view", 1, NOW - timedelta(days=30)),  # beyond U1's 2 most recent products
+            ("U2", "P3", "view", 1, NOW - timedelta(days=14)),
+        ],
+        EVENTS_SCHEMA,
+    )
+    customers = customer_profiles(events, ItemIndex(np.array(IDS)), config)
+    assert list(customers.index.ids) == ["U1", "U2"] and customers.neighbours == 3
+    np.testing.assert_allclose(customers.recent.toarray(), [[5.0, 2.5, 0, 0, 0], [0, 0, 0.25, 0, 0]])
+    np.testing.assert_allclose(customers.profiles.toarray(), [[0.5**0.5, 0.5**0.5, 0, 0, 0], [0, 0, 1.0, 0, 0]])
+
+
+def test_picks_of_similar_customers_say_so(spark):
+    # U1 and U2 both viewed P2; U2 recently bought P3 and P4, which nothing else relates to U1.
+    recent = pd.DataFrame([("U1", "P2", 1.0), ("U2", "P2", 1.0), ("U2", "P3", 6.0), ("U2", "P4", 5.0)],
+                          columns=["user_id", "product_id", "weight"])
+    index = ItemIndex(np.array(IDS))
+    empty = sparse.csr_matrix((5, 5))
+    weights = {name: 0.0 for name in SIGNALS} | {"neighbours": 1.0, "trend": 0.1}
+    hand = Model(index=index, edges=dict.fromkeys(EDGE_SIGNALS, empty), cluster_of=np.full(5, -1),
+                 trend=np.array(TREND), weights=weights, customers=customers_from_pairs(recent, index, 5))
+    history = pd.DataFrame([("U1", "P2", 1.0, True, "purchase", 1)], columns=HISTORY_COLUMNS)
+    result = recommend_block(hand, history, 3)
+    assert result["product_id"].tolist() == ["P3", "P4", "P1"]
+    assert result["reason_event"].tolist() == [SIMILAR_CUSTOMERS, SIMILAR_CUSTOMERS, None]
+    products = spark.createDataFrame(list(TITLES.items()), "product_id string, title string")
+    explained = explain(spark.createDataFrame(result), products).orderBy("rank").collect()
+    assert [r["reason"] for r in explained] == [
+        "popular with customers like you", "popular with customers like you", "popular right now"]
