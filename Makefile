@@ -43,7 +43,7 @@ run: setup
 
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 
 unit: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not e2e"

@@ -304,7 +304,7 @@ def evaluate_methods(
         weights = tune(validation_scores, start, fixed)
         tuned[name] = weights
         tops[name] = recommender.ranked(test_scores, weights, test.excluded, k, config.discovery_share)[0]
-    # Without time: no recency decay in histories, no "bought next", no trending.
+    # Without time: no recency decay in histories, no "bought next", no similar customers' recent buys, no trending.
     flat = 1e9
     flat_validation = eval_set(inner, index, config, half_life_days=flat)
     flat_test = eval_set(split, index, config, half_life_days=flat)

@@ -342,10 +342,7 @@ def ranked(
         return positions, best_scores
     personal = {name: w for name, w in weights.items() if name in EDGE_SIGNALS and w} or {"ease": 1.0}
     rows = np.repeat(np.arange(len(positions)), positions.shape[1])
-    chosen = positions.ravel() >= 0
-    shown = sparse.csr_matrix(
-        (np.ones(int(chosen.sum())), (rows[chosen], positions.ravel()[chosen])), shape=excluded.shape
-    )
+    shown = sparse.csr_matrix((np.ones(positions.size), (rows, positions.ravel())), shape=excluded.shape)
     extra, extra_scores = top_k(blend(scores, personal), (excluded + shown).tocsr(), slots)
     # Report the blended score of a discovery pick, so scores compare across a list.
     extra_blended = np.where(np.isfinite(extra_scores), np.take_along_axis(blended, extra, axis=1), -np.inf)

@@ -12,7 +12,7 @@ PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 MAIN_METRICS = ("ndcg", "hit", "recall", "map", "coverage", "diversity", "novelty")
 METHOD_NOTES = {
     "published": "what this run publishes",
-    "without_time": "ours without recency, trending and 'bought next' (ablation)",
+    "without_time": "ours without recency, trending, 'bought next' and similar customers' recent buys (ablation)",
     "without_text": "ours without text embeddings and clusters (ablation)",
     "most_popular": "the most bought products",
     "trending": "popular with a time decay",
