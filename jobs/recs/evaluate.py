@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 TIME_SPLIT, LEAVE_LAST_OUT = "time_split", "leave_last_out"
 TREND_HALF_LIVES = (1.0, 3.0, 7.0, 14.0, 30.0, 90.0)
+NEIGHBOUR_HALF_LIVES = (3.0, 7.0, 14.0, 30.0)
+NEIGHBOUR_USERS = (100, 200, 400, 800)
 EASE_LAMBDAS = (50.0, 100.0, 200.0, 500.0, 1000.0)
 ALS_GRID = ({"regParam": 0.1, "alpha": 1.0}, {"regParam": 1.0, "alpha": 1.0}, {"regParam": 0.1, "alpha": 10.0})
 ALS_RANK = 64
@@ -146,12 +148,28 @@ def tune_trend_half_life(
     return max(scores, key=scores.get), trends
 
 
+def tune_neighbours(events: DataFrame, index: ItemIndex, evaluation: EvalSet, config: RecsConfig) -> RecsConfig:
+    """`config` with the half-life and the number of similar customers whose
+    "neighbours" signal alone ranks best on `evaluation`."""
+    results = {}
+    for half_life in sorted({config.neighbour_half_life_days, *NEIGHBOUR_HALF_LIVES}):
+        customers = recommender.customer_profiles(
+            events, index, dataclasses.replace(config, neighbour_half_life_days=half_life))
+        for users in sorted({config.neighbour_users, *NEIGHBOUR_USERS}):
+            customers.neighbours = users
+            scores = recommender.neighbour_scores(customers, evaluation.users, len(index)).toarray()
+            results[half_life, users] = recommender.ndcg(scores, evaluation.excluded, evaluation.relevant,
+                                                         config.eval_k)
+    half_life, users = max(results, key=results.get)
+    return dataclasses.replace(config, neighbour_half_life_days=half_life, neighbour_users=users)
+
+
 def tuned_model(
     events: DataFrame, index: ItemIndex, content: pd.DataFrame, clusters: pd.DataFrame, config: RecsConfig,
     protocol: str,
 ) -> tuple[Model, dict]:
-    """Choose the blend weights and the trend half-life on a validation split carved
-    from `events`, then fit on all of `events` with them."""
+    """Choose the blend weights, the trend half-life and the similar customers on a
+    validation split carved from `events`, then fit on all of `events` with them."""
     if not config.tune_weights:
         return recommender.fit_model(events, index, content, clusters, config), {"tuned": False}
     validation = make_split(events, protocol, config.eval_days)
@@ -160,6 +178,7 @@ def tuned_model(
         return recommender.fit_model(events, index, content, clusters, config), {"tuned": False}
     validation_set = eval_set(validation, index, config)
     half_life, _ = tune_trend_half_life(validation.train, index, validation_set, config)
+    config = tune_neighbours(validation.train, index, validation_set, config)
     validation_model = recommender.fit_model(
         validation.train, index, content, clusters, config, trend_half_life_days=half_life
     )
@@ -167,11 +186,13 @@ def tuned_model(
     weights, validation_ndcg = recommender.tune_weights(
         scores, validation_set.excluded, validation_set.relevant, config.eval_k, recommender.default_weights(config)
     )
-    log.info("tuned on %d validation users: weights %s, trend half-life %s days, NDCG@%d %.4f",
-             len(validation_set.users), weights, half_life, config.eval_k, validation_ndcg)
+    log.info("tuned on %d validation users: weights %s, trend half-life %s days, %d similar customers with a "
+             "half-life of %s days, NDCG@%d %.4f", len(validation_set.users), weights, half_life,
+             config.neighbour_users, config.neighbour_half_life_days, config.eval_k, validation_ndcg)
     model = recommender.fit_model(events, index, content, clusters, config, weights, half_life)
     return model, {
         "tuned": True, "weights": weights, "trend_half_life_days": half_life,
+        "neighbour_half_life_days": config.neighbour_half_life_days, "neighbour_users": config.neighbour_users,
         "validation_ndcg": validation_ndcg, "validation_users": len(validation_set.users),
     }
 
@@ -292,9 +313,10 @@ def evaluate_methods(
     half_life = (
         tune_trend_half_life(inner.train, index, validation, config)[0] if can_tune else config.trend_half_life_days
     )
-    validation_model = recommender.fit_model(inner.train, index, content, clusters, config,
+    ours = tune_neighbours(inner.train, index, validation, config) if can_tune else config
+    validation_model = recommender.fit_model(inner.train, index, content, clusters, ours,
                                              trend_half_life_days=half_life, counts=inner_counts)
-    test_model = recommender.fit_model(split.train, index, content, clusters, config,
+    test_model = recommender.fit_model(split.train, index, content, clusters, ours,
                                        trend_half_life_days=half_life, counts=train_counts)
     validation_scores = recommender.signal_scores(validation_model, validation.history, validation.users)
     test_scores = recommender.signal_scores(test_model, test.history, test.users)
@@ -346,6 +368,7 @@ def evaluate_methods(
         "protocol": protocol, "k": k, "test_users": len(test.users), "validation_users": len(validation.users),
         "tuned": can_tune,
         "weights": tuned, "trend_half_life_days": half_life, "ease_lambda": ease_lambda,
+        "neighbour_half_life_days": ours.neighbour_half_life_days, "neighbour_users": ours.neighbour_users,
         "als": {"rank": ALS_RANK, **ALS_GRID[als_index]},
     }
     return pd.DataFrame(rows), tuning

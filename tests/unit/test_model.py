@@ -108,8 +108,9 @@ def test_no_leakage_from_the_test_window(spark):
     assert test.buyers[x] == 0
     # Only text (known before the cutoff) may point at X; behaviour and popularity may not.
     scores = model.signal_scores(fitted, test.history, test.users)
-    for name in ("covisit", "ease", "next", "trend"):
+    for name in ("covisit", "ease", "next", "neighbours", "trend"):
         assert not scores[name][:, x].any(), name
+    assert fitted.customers.recent[:, x].nnz == 0
 
 
 def hand_customers(neighbours: int) -> model.Customers:
