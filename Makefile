@@ -41,9 +41,12 @@ run: setup
 	PYTHONPATH=plugins $(BIN)/python -m recs_airflow.local_run \
 		$(if $(INPUT),--input "$(INPUT)") $(if $(FORMAT),--format "$(FORMAT)") --conf '$(CONF)'
 
+# Two test processes, a file each at a time: the end-to-end DAG runs wait on JVM starts
+# as much as they compute.
+TEST_WORKERS ?= 2
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 unit: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not e2e"

@@ -1,10 +1,13 @@
-"""The DAG on a real Spark standalone cluster (a master and one worker started from the
-installed pyspark on 127.0.0.1), publishing to PostgreSQL as well as Parquet.
+"""The whole DAG on a synthetic shop, run on a real Spark standalone cluster (a master
+and one worker started from the installed pyspark on 127.0.0.1), publishing to
+PostgreSQL as well as Parquet.
 
-One DAG run checks three things: the jobs run on the cluster's executors (the shared
-code reaches them through py_files), the published tables are sound and equal in
-both stores, and the database password shows neither in the task log nor on the
-spark-submit command line.
+One DAG run (each costs minutes of spark-submits) checks: the jobs run on the cluster's
+executors (the shared code reaches them through py_files), the default offline
+embedding model works there, the planted bad rows are quarantined with their reasons,
+the evaluation and its report cover every method, the publish gate lets a sound run
+through, the published tables are sound and equal in both stores, and the database
+password shows neither in the task log nor on the spark-submit command line.
 """
 
 from __future__ import annotations
@@ -119,22 +122,20 @@ def pg_schema():
     connection.close()
 
 
-def test_dag_on_a_standalone_cluster_publishes_to_postgres(tmp_path, run_dag, airflow_home, standalone_cluster,
-                                                           pg_schema):
+def test_dag_on_a_standalone_cluster_publishes_a_synthetic_shop_to_parquet_and_postgres(
+    tmp_path, run_dag, airflow_home, standalone_cluster, pg_schema
+):
     shop = tmp_path / "shop"
-    # Small and quick; the evaluate step holds out the last RECS_EVAL_DAYS (15 below) twice.
-    write_shop(str(shop), ShopSize(products=200, users=120, days=60), seed=3)
+    write_shop(str(shop), ShopSize(products=360, users=240, days=120), seed=3)
     data_root = tmp_path / "data"
-    # Hashing embeddings keep it quick; their quality is not what this test is about.
-    conf = {"input_path": str(shop), "input_format": "contract", "embedding_backend": "hashing", "top_n": TOP_N,
-            "pca_dimensions": 8, "k_min": 3, "k_max": 5, "gate_override": True,
-            "gate_override_reason": "standalone cluster test with hashing embeddings"}
+    # The default backend (`auto` without a key): the offline MiniLM model.
+    conf = {"input_path": str(shop), "input_format": "contract", "top_n": TOP_N, "k_min": 4, "k_max": 14,
+            "pca_dimensions": 16}
     spark_connection = {"conn_type": "spark", "host": "spark://127.0.0.1", "port": standalone_cluster["port"]}
     run_id, state = run_dag(data_root, conf, {
         "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps(spark_connection),
         "SPARK_LOCAL_IP": "127.0.0.1",
         "OPENAI_API_KEY": "",
-        "RECS_EVAL_DAYS": "15",
         "RECS_DATABASE_URL": DATABASE_URL,
         "RECS_DATABASE_SCHEMA": pg_schema,
     })
@@ -144,7 +145,26 @@ def test_dag_on_a_standalone_cluster_publishes_to_postgres(tmp_path, run_dag, ai
     # Sound tables under published/.
     run_dir = data_root / "runs" / safe_run_id(run_id)
     figures = check_published(str(data_root), str(run_dir), TOP_N)
-    assert figures["users"] == 120
+    assert figures["users"] == 240
+    stats = {step: json.loads((run_dir / "stats" / f"{step}.json").read_text())
+             for step in ("preprocess", "embed", "cluster", "publish")}
+    # The bad rows the generator plants are quarantined with their reasons, none lost.
+    quarantine = stats["preprocess"]["quarantine"]
+    for reason in ("products: missing product_id", "events: bad timestamp", "events: unknown product_id"):
+        assert quarantine.get(reason) == 1, quarantine
+    assert stats["embed"]["backend"] == "local"
+    assert stats["embed"]["texts_embedded"] == stats["preprocess"]["products_out"]
+    assert 4 <= stats["cluster"]["k"] <= 14
+    assert len(stats["cluster"]["silhouette_by_k"]) >= 3
+    assert stats["publish"]["gate"]["passed"] and not stats["publish"]["gate"]["overridden"]
+
+    # The evaluation ran on the same split for every method, and the report shows it.
+    version_dir = Path(current_version_dir(str(data_root)))
+    metrics = pd.read_parquet(version_dir / "run_metrics")
+    assert {"published", "most_popular", "trending", "item_knn", "als", "ease", "cluster_only", "without_time",
+            "without_text"} <= set(metrics["method"])
+    report = (version_dir / "report.html").read_text(encoding="utf-8")
+    assert report.count("<svg") == 4 and "most_popular" in report and "ndcg@10" in report
 
     # Every step ran as an application of the cluster, with executors on its worker.
     completed = {app["name"] for app in master_json(standalone_cluster["webui"])["completedapps"]}
@@ -153,7 +173,6 @@ def test_dag_on_a_standalone_cluster_publishes_to_postgres(tmp_path, run_dag, ai
     assert len({path.parent for path in executor_dirs}) >= len(STEPS)
 
     # PostgreSQL holds the same version, row for row in number.
-    version_dir = Path(current_version_dir(str(data_root)))
     version = version_dir.name
     tables = [name for name in postgres.TABLES + postgres.EXTRA_RUN_TABLES if (version_dir / name).is_dir()]
     assert "run_metrics" in tables  # the evaluate step's table goes along
