@@ -49,18 +49,3 @@ def spark():
     session.sparkContext.setLogLevel("WARN")
     yield session
     session.stop()
-
-
-# With two test processes (`make test`), pytest-xdist hands out whole files in collection
-# order, two to each process at the start. The Online Retail DAG run takes the longest by
-# far: it goes first, with a short file; the cluster run and the embed jobs go to the
-# other process; the remaining files fill in wherever a process is free.
-FIRST_FILES = ("test_online_retail.py", "test_standalone_cluster.py", "test_model.py", "test_embeddings_paid_once.py")
-
-
-def pytest_collection_modifyitems(items):
-    def position(item) -> int:
-        name = item.path.name
-        return FIRST_FILES.index(name) if name in FIRST_FILES else len(FIRST_FILES)
-
-    items.sort(key=position)
