@@ -148,20 +148,23 @@ def tune_trend_half_life(
     return max(scores, key=scores.get), trends
 
 
-def tune_neighbours(events: DataFrame, index: ItemIndex, evaluation: EvalSet, config: RecsConfig) -> RecsConfig:
+def tune_neighbours(
+    events: DataFrame, index: ItemIndex, evaluation: EvalSet, config: RecsConfig
+) -> tuple[RecsConfig, recommender.Customers]:
     """`config` with the half-life and the number of similar customers whose
-    "neighbours" signal alone ranks best on `evaluation`."""
+    "neighbours" signal alone ranks best on `evaluation`, and those customers."""
     results = {}
     for half_life in sorted({config.neighbour_half_life_days, *NEIGHBOUR_HALF_LIVES}):
-        customers = recommender.customer_profiles(
+        profiles = recommender.customer_profiles(
             events, index, dataclasses.replace(config, neighbour_half_life_days=half_life))
         for users in sorted({config.neighbour_users, *NEIGHBOUR_USERS}):
-            customers.neighbours = users
+            customers = dataclasses.replace(profiles, neighbours=users)
             scores = recommender.neighbour_scores(customers, evaluation.users, len(index)).toarray()
-            results[half_life, users] = recommender.ndcg(scores, evaluation.excluded, evaluation.relevant,
-                                                         config.eval_k)
-    half_life, users = max(results, key=results.get)
-    return dataclasses.replace(config, neighbour_half_life_days=half_life, neighbour_users=users)
+            results[half_life, users] = (
+                recommender.ndcg(scores, evaluation.excluded, evaluation.relevant, config.eval_k), customers)
+    half_life, users = max(results, key=lambda key: results[key][0])
+    tuned = dataclasses.replace(config, neighbour_half_life_days=half_life, neighbour_users=users)
+    return tuned, results[half_life, users][1]
 
 
 def tuned_model(
@@ -178,9 +181,10 @@ def tuned_model(
         return recommender.fit_model(events, index, content, clusters, config), {"tuned": False}
     validation_set = eval_set(validation, index, config)
     half_life, _ = tune_trend_half_life(validation.train, index, validation_set, config)
-    config = tune_neighbours(validation.train, index, validation_set, config)
+    config, validation_customers = tune_neighbours(validation.train, index, validation_set, config)
     validation_model = recommender.fit_model(
-        validation.train, index, content, clusters, config, trend_half_life_days=half_life
+        validation.train, index, content, clusters, config, trend_half_life_days=half_life,
+        customers=validation_customers,
     )
     scores = recommender.signal_scores(validation_model, validation_set.history, validation_set.users)
     weights, validation_ndcg = recommender.tune_weights(
@@ -313,9 +317,12 @@ def evaluate_methods(
     half_life = (
         tune_trend_half_life(inner.train, index, validation, config)[0] if can_tune else config.trend_half_life_days
     )
-    ours = tune_neighbours(inner.train, index, validation, config) if can_tune else config
+    ours, validation_customers = (
+        tune_neighbours(inner.train, index, validation, config) if can_tune else (config, None)
+    )
     validation_model = recommender.fit_model(inner.train, index, content, clusters, ours,
-                                             trend_half_life_days=half_life, counts=inner_counts)
+                                             trend_half_life_days=half_life, counts=inner_counts,
+                                             customers=validation_customers)
     test_model = recommender.fit_model(split.train, index, content, clusters, ours,
                                        trend_half_life_days=half_life, counts=train_counts)
     validation_scores = recommender.signal_scores(validation_model, validation.history, validation.users)

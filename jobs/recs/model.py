@@ -472,8 +472,10 @@ def fit_model(
     weights: dict[str, float] | None = None,
     trend_half_life_days: float | None = None,
     counts: Counts | None = None,
+    customers: Customers | None = None,
 ) -> Model:
-    """Count over `events` in Spark, then build the item x item signals on the driver."""
+    """Count over `events` in Spark (unless `counts` and `customers` already hold the
+    counts), then build the item x item signals on the driver."""
     counts = counts or count_pairs(events, config)
     return Model(
         index=index,
@@ -482,7 +484,7 @@ def fit_model(
         trend=trend_vector(events, index, trend_half_life_days or config.trend_half_life_days, config),
         weights=weights or default_weights(config),
         recent_items_for_next=config.recent_items_for_next,
-        customers=customer_profiles(events, index, config),
+        customers=customers or customer_profiles(events, index, config),
         discovery_share=config.discovery_share,
     )
 

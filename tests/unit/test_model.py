@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import sparse
 
-from recs import model
+from recs import evaluate, model
 from recs.config import RecsConfig
 from recs.evaluate import eval_set, time_split
 
@@ -165,3 +165,30 @@ def test_ranked_gives_the_last_slots_to_the_users_own_signals():
     bought = sparse.csr_matrix(np.array([[1, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 0]]))
     positions, _ = model.ranked(scores, weights, bought, 4, 0.5)
     np.testing.assert_array_equal(positions, [[1, 2, 4, 3], [0, 1, 5, 4]])
+
+
+def test_tune_neighbours_returns_the_customers_of_the_chosen_settings(spark):
+    # Pairs of customers who buy alike; in the window each buys what their twin bought last.
+    start = datetime(2026, 1, 1)
+    rows = []
+    for pair in range(10):
+        shared, twin_a, twin_b = f"s{pair}", f"a{pair}", f"b{pair}"
+        for user, own, later in ((f"u{pair}a", twin_a, twin_b), (f"u{pair}b", twin_b, twin_a)):
+            rows.append((user, shared, "purchase", 1, start + timedelta(days=pair)))
+            rows.append((user, own, "purchase", 1, start + timedelta(days=40 + pair)))
+            rows.append((user, later, "purchase", 1, start + timedelta(days=100)))
+    events = spark.createDataFrame(events_frame(rows))
+    config = RecsConfig(eval_days=30, eval_k=3, neighbour_users=50, neighbour_half_life_days=5.0)
+    split = time_split(events, config.eval_days)
+    index = model.ItemIndex(np.array(sorted({row[1] for row in rows})))
+    evaluation = eval_set(split, index, config)
+    tuned, customers = evaluate.tune_neighbours(split.train, index, evaluation, config)
+    assert tuned.neighbour_half_life_days in {5.0, *evaluate.NEIGHBOUR_HALF_LIVES}
+    assert tuned.neighbour_users in {50, *evaluate.NEIGHBOUR_USERS}
+    assert customers.neighbours == tuned.neighbour_users
+    # The customers are those of the chosen half-life: the same as counting afresh with it.
+    fresh = model.customer_profiles(split.train, index, tuned)
+    np.testing.assert_allclose(customers.recent.toarray(), fresh.recent.toarray())
+    # Each user's twin is their nearest customer: the signal finds every window purchase.
+    scores = model.neighbour_scores(customers, evaluation.users, len(index)).toarray()
+    assert model.ndcg(scores, evaluation.excluded, evaluation.relevant, 3) == pytest.approx(1.0)
