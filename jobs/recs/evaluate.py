@@ -209,16 +209,16 @@ def tiled(vector: np.ndarray, users: int) -> np.ndarray:
 
 
 def cosine_scores(counts: recommender.Counts, index: ItemIndex, history: sparse.csr_matrix) -> np.ndarray:
-    """Item-kNN with all neighbours: sum of cosine similarities to the user's products."""
-    cosine = recommender.cosine_from_counts(recommender.pairs_to_matrix(counts.cooccurrence, index, "both"))
-    cosine.setdiag(0)
+    """Item-kNN: sum of cosine similarities to the user's products, each product's
+    `neighbours_per_product` nearest (what Spark keeps)."""
+    cosine = recommender.pairs_to_matrix(counts.covisit, index, "score")
     return np.asarray((history @ cosine).todense(), dtype=np.float32)
 
 
 def ease_scores(
     counts: recommender.Counts, index: ItemIndex, history: sparse.csr_matrix, regularisation: float, max_items: int
 ) -> np.ndarray:
-    gram = recommender.pairs_to_matrix(counts.cooccurrence, index, "both")
+    gram = recommender.pairs_to_matrix(counts.ease, index, "both")
     weights = recommender.ease_from_counts(gram, regularisation, max_items)
     return np.asarray((history @ weights).todense(), dtype=np.float32)
 

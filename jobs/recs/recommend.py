@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recs import io
@@ -23,7 +23,15 @@ from recs.config import RecsConfig
 from recs.embeddings.base import normalise_rows
 from recs.evaluate import protocol_for, tuned_model
 from recs.io import RunPaths, write_table
-from recs.model import SIMILAR_CUSTOMERS, Model, catalog_index, recommend_block, scoring_history, user_item_weights
+from recs.model import (
+    SIMILAR_CUSTOMERS,
+    Model,
+    catalog_index,
+    recommend_block,
+    scoring_history,
+    top_per_product,
+    user_item_weights,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +40,6 @@ RECOMMENDATION_SCHEMA = (
     "user_id string, rank int, product_id string, score double, reason_product_id string, reason_event string"
 )
 EVENT_VERBS = {"purchase": "bought", "add_to_cart": "added to your cart", "view": "viewed"}
-
-
-def top_per_product(pairs: DataFrame, top_m: int) -> DataFrame:
-    order = Window.partitionBy("product_id").orderBy(F.col("score").desc(), F.col("neighbour_id"))
-    return pairs.withColumn("rank", F.row_number().over(order)).where(F.col("rank") <= top_m)
 
 
 def content_neighbours(spark: SparkSession, embeddings: DataFrame, top_m: int) -> DataFrame:

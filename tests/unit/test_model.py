@@ -20,13 +20,6 @@ def test_top_per_row_keeps_the_largest_positive_off_diagonal_entries():
     np.testing.assert_array_equal(kept, [[0, 0, 3, 2], [4, 0, 0, 1], [0, 0, 0, 0], [0, 2, 3, 0]])
 
 
-def test_cosine_from_counts():
-    # Product 0 bought by 4 users, product 1 by 1 user, both by 1 user.
-    counts = sparse.csr_matrix(np.array([[4.0, 1.0], [1.0, 1.0]]))
-    cosine = model.cosine_from_counts(counts).toarray()
-    assert cosine[0, 1] == pytest.approx(1 / np.sqrt(4 * 1))
-
-
 def test_ease_matches_the_closed_form():
     gram = np.array([[3.0, 2.0, 0.0], [2.0, 4.0, 1.0], [0.0, 1.0, 2.0]])
     weights = model.ease_from_counts(sparse.csr_matrix(gram), 1.0, 10).toarray()
