@@ -267,7 +267,9 @@ def brute_force_neighbours(ids: list[str], vectors: np.ndarray) -> dict[str, lis
     }
 
 
-def test_content_neighbours_match_brute_force(spark):
+@pytest.mark.parametrize("scores_per_block", [25_000_000, 30])
+def test_content_neighbours_match_brute_force(spark, scores_per_block):
+    # 30 scores per block: two products at a time against the 12 of the catalog.
     rng = np.random.default_rng(3)
     vectors = rng.normal(size=(12, 5)).astype(np.float32)
     ids = [f"P{i:02d}" for i in range(len(vectors))]
@@ -275,7 +277,7 @@ def test_content_neighbours_match_brute_force(spark):
         [(pid, [float(x) for x in v]) for pid, v in zip(ids, vectors, strict=True)],
         "product_id string, embedding array<float>",
     ).repartition(3)  # several blocks, each against the whole broadcast catalog
-    content = content_neighbours(spark, frame, 3).cache()
+    content = content_neighbours(spark, frame, 3, scores_per_block).cache()
     expected = brute_force_neighbours(ids, vectors)
     got: dict[str, list[tuple[float, str]]] = {}
     for r in content.collect():
