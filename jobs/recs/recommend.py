@@ -3,7 +3,7 @@
 Similar products are the nearest text embeddings, computed by multiplying blocks of
 the catalog against the broadcast catalog matrix (never an all-pairs cross join of
 rows). User recommendations come from the blended recommender of `recs/model.py`,
-its weights tuned on a validation split of the data (`recs/evaluate.py`); every
+its weights tuned on a validation split of the data (`recs/tuning.py`); every
 user's block of the catalog is scored in a Spark task against the broadcast model.
 Products a user already bought are never recommended.
 """
@@ -21,7 +21,6 @@ from pyspark.sql import functions as F
 from recs import io
 from recs.config import RecsConfig
 from recs.embeddings.base import normalise_rows
-from recs.evaluate import protocol_for, tuned_model
 from recs.io import RunPaths, write_table
 from recs.model import (
     SIMILAR_CUSTOMERS,
@@ -32,6 +31,8 @@ from recs.model import (
     top_per_product,
     user_item_weights,
 )
+from recs.splits import protocol_for
+from recs.tuning import tuned_model
 
 log = logging.getLogger(__name__)
 
