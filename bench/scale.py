@@ -56,8 +56,11 @@ _STEP_FILE = re.compile(r"/jobs/(?P<step>[a-z]+)\.py$")
 # What names the cause of a failed step in the Airflow log, most telling first.
 _CAUSES = (
     re.compile(r"recs: (?P<step>[a-z]+) failed: (?P<why>.*)"),
-    re.compile(r"(?P<why>.*(?:OutOfMemoryError|exited unexpectedly|Killed|maxResultSize|Container killed).*)"),
+    re.compile(r"(?P<why>.*(?:OutOfMemoryError|exited unexpectedly|Container killed|exceeds the limit|"
+               r"bigger than spark.driver.maxResultSize).*)"),
 )
+# spark-submit's exit code when a process was killed (SIGKILL): on one machine, the OOM killer.
+_KILLED = "Error code is: 137"
 
 
 @dataclass
@@ -101,6 +104,9 @@ class TreeSampler(threading.Thread):
                 continue
             step = next((m["step"] for arg in command if (m := _STEP_FILE.search(arg))), None)
             joined = " ".join(command)
+            java = os.path.basename(command[0]) == "java" if command else False
+            if "org.apache.spark.deploy.SparkSubmit" in joined and step and not java:
+                continue  # the spark-submit / spark-class shell wrappers of the JVM
             if "org.apache.spark.deploy.SparkSubmit" in joined and step:
                 owner[process.pid] = step
                 rows.append(("driver_jvm", step, process.pid, rss, parents))
@@ -129,11 +135,15 @@ def failure(log_path: Path, stats_dir: Path) -> dict:
     """The first step without stats, and the most telling error line of the log."""
     step = next((s for s in STEPS if not (stats_dir / f"{s}.json").exists()), None)
     lines = log_path.read_text(errors="replace").splitlines() if log_path.exists() else []
+    lines = [line for line in lines if "Spark-Submit cmd" not in line]  # the command names its settings
     for pattern in _CAUSES:
         for line in lines:
             found = pattern.search(line)
             if found and found.groupdict().get("step", step) == step:
                 return {"step": step, "why": found["why"].strip()[:500]}
+    if any(_KILLED in line for line in lines):
+        return {"step": step, "why": "spark-submit killed (exit 137, SIGKILL): the kernel's OOM killer when "
+                                     "memory runs out (see `dmesg`)"}
     errors = [line for line in lines if "ERROR" in line]
     return {"step": step, "why": (errors[-1].strip()[:500] if errors else "no error in the log")}
 
@@ -230,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         if result["state"] == "timeout":
             result["failed"]["why"] = f"stopped after the {args.timeout:g} min timeout; last: {result['failed']['why']}"
         if "error" in outcome:
-            result["failed"]["why"] = outcome["error"]
+            result["failed"]["why"] = f"{outcome['error']}; last: {result['failed']['why']}"
     print(f"full log: {log_path}", flush=True)
     if not args.keep:
         shutil.rmtree(root / "input", ignore_errors=True)
