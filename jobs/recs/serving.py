@@ -292,22 +292,23 @@ def create_app(source: Source | None = None) -> FastAPI:
         """A customer's recommendations, best first, each with the reason; an unknown customer gets the
         popular products, with `"fallback": "popular"`."""
         answer = holder.get().recommendations(user_id, limit)
-        return {"version": answer.version, "user_id": user_id, "fallback": None if answer.personal else "popular",
-                "items": answer.items}
+        return _json({"version": answer.version, "user_id": user_id,
+                      "fallback": None if answer.personal else "popular", "items": _items(answer.items, True)})
 
     @app.get("/v1/products/{product_id}/similar", response_model=SimilarResponse, tags=["api"],
              responses={404: {"description": "the product is not in the published catalog"}})
     def similar(product_id: str, limit: int = limit_query):
         """Products similar to this one (cosine of their text embeddings), best first."""
         answer = holder.get().similar(product_id, limit)
-        return {"version": answer.version, "product_id": product_id, "title": answer.product.get("title"),
-                "cluster": answer.product.get("cluster"), "items": answer.items}
+        cluster = answer.product.get("cluster")
+        return _json({"version": answer.version, "product_id": product_id, "title": answer.product.get("title"),
+                      "cluster": None if cluster is None else int(cluster), "items": _items(answer.items, False)})
 
     @app.get("/v1/popular", response_model=PopularResponse, tags=["api"])
     def popular(limit: int = limit_query):
         """What a customer without history is shown."""
         answer = holder.get().popular(limit)
-        return {"version": answer.version, "items": answer.items}
+        return _json({"version": answer.version, "items": _items(answer.items, True)})
 
     @app.get("/v1/versions", response_model=VersionsResponse, tags=["api"])
     def versions():
@@ -324,6 +325,20 @@ def create_app(source: Source | None = None) -> FastAPI:
 
     pages.add_routes(app, holder)
     return app
+
+
+ITEM_FIELDS = ("rank", "product_id", "title", "score")
+
+
+def _items(rows: list[dict], with_reason: bool) -> list[dict]:
+    fields = (*ITEM_FIELDS, "reason") if with_reason else ITEM_FIELDS
+    return [{name: row.get(name) for name in fields} for row in rows]
+
+
+def _json(content: dict) -> JSONResponse:
+    """The hot routes answer JSON directly: the response models above document them (/docs),
+    and validating every answer against them again would cost more than the lookup itself."""
+    return JSONResponse(content)
 
 
 def _age(published_at: str | None) -> float | None:
@@ -343,13 +358,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default=config.serving_host)
     parser.add_argument("--port", type=int, default=config.serving_port)
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options = {"host": args.host, "port": args.port, "access_log": args.access_log, "log_level": "info"}
     if args.workers > 1:
-        uvicorn.run("recs.serving:app_factory", factory=True, host=args.host, port=args.port, workers=args.workers,
-                    log_level="warning")
+        uvicorn.run("recs.serving:app_factory", factory=True, workers=args.workers, **options)
     else:
-        uvicorn.run(create_app(), host=args.host, port=args.port, log_level="info")
+        uvicorn.run(create_app(), **options)
     return 0
 
 
