@@ -51,9 +51,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def get(url: str, expect: int = 200):
+def get(url: str, expect: int = 200, headers: dict | None = None):
     try:
-        with urllib.request.urlopen(url, timeout=30) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=30) as response:
             status, body, kind = response.status, response.read(), response.headers.get("content-type", "")
     except urllib.error.HTTPError as err:
         status, body, kind = err.code, err.read(), err.headers.get("content-type", "")
@@ -302,7 +302,7 @@ def check_plugin(published, tmp_path: Path) -> None:
     port = free_port()
     env = {**published["env"], "RECS_DATABASE_URL": "",
            "AIRFLOW__API__PORT": str(port), "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-           "AIRFLOW__CORE__LAZY_LOAD_PLUGINS": "False",
+           "AIRFLOW__CORE__LAZY_LOAD_PLUGINS": "False", "AIRFLOW__API__WORKERS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO / "jobs"), str(REPO / "plugins")])}
     log = tmp_path / "api-server.log"
     with open(log, "w") as handle:
@@ -311,7 +311,9 @@ def check_plugin(published, tmp_path: Path) -> None:
     try:
         base = f"http://127.0.0.1:{port}"
         wait_for(f"{base}/api/v2/monitor/health", process, log, seconds=180)
-        plugins = get(f"{base}/api/v2/plugins")["plugins"]
+        # Every user an admin: a token without credentials, for the REST API's listing.
+        token = get(f"{base}/auth/token", expect=201)["access_token"]
+        plugins = get(f"{base}/api/v2/plugins", headers={"Authorization": f"Bearer {token}"})["plugins"]
         [plugin] = [p for p in plugins if p["name"] == "recs_serving"]
         assert plugin["fastapi_apps"][0]["url_prefix"] == "/recs"
         assert plugin["external_views"][0]["href"] == "/recs/runs"
