@@ -329,7 +329,7 @@ def print_samples(data_root: str, users: int = 3) -> None:
     version = current_version_dir(data_root)
     print(f"\nPublished tables: {version}")
     for name in sorted(os.listdir(version)):
-        if not name.startswith("_"):
+        if not name.startswith(("_", ".")):
             print(f"  {os.path.join(version, name)}")
     print("\nRun summary:\n" + summary(data_root).to_string())
     recommendations = published_table(data_root, "user_recommendations")
