@@ -147,8 +147,9 @@ def ndcg_chart(runs: list[dict], metric: str, width: int = 640, height: int = 26
     parts.append(f'<text x="{width - pad}" y="{pad - 6}" text-anchor="end" font-size="12" fill="#ff7f0e">'
                  "best baseline</text>")
     for i, run in enumerate(runs):
-        parts.append(f'<text x="{x(i):.1f}" y="{height - pad + 14}" text-anchor="middle" font-size="9">'
-                     f"{_escape(run['version'][-19:])}</text>")
+        anchor = "middle" if len(runs) == 1 else "start" if i == 0 else "end" if i == len(runs) - 1 else "middle"
+        parts.append(f'<text x="{x(i):.1f}" y="{height - pad + 14}" text-anchor="{anchor}" font-size="9">'
+                     f"{_escape(run['version'][-24:])}</text>")
     parts.append("</svg>")
     return "".join(parts)
 
