@@ -77,6 +77,7 @@ def wait_for(url: str, process: subprocess.Popen, log: Path, seconds: float = 12
 
 
 def stop(process: subprocess.Popen) -> None:
+    """The whole process group (spark-class execs java; uvicorn and the api-server fork workers)."""
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)
         try:

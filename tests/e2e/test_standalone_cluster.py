@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,18 +33,13 @@ from recs.config import safe_run_id
 from recs.reader import current_version_dir
 from recs.synthetic import ShopSize, write_shop
 from recs_airflow import local_run
+from serving_checks import free_port, stop
 
 pytestmark = pytest.mark.e2e
 TOP_N = 5
 STEPS = ("preprocess", "embed", "pca", "cluster", "recommend", "publish")  # and any steps added since
 PASSWORD = f"pw-{uuid.uuid4().hex[:12]}"  # the test server trusts local connections: only a marker
 DATABASE_URL = f"postgresql://postgres:{PASSWORD}@127.0.0.1:5432/test"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def master_json(webui_port: int) -> dict:
@@ -65,18 +58,6 @@ def wait_for(what: str, check, seconds: float = 90):
             pass
         time.sleep(0.5)
     raise TimeoutError(f"{what} not ready after {seconds}s")
-
-
-def stop(process: subprocess.Popen) -> None:
-    """The whole process group: spark-class execs java, which may have children."""
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
