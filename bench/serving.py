@@ -124,7 +124,7 @@ class Client:
             if line[:15].lower() == b"content-length:":
                 length = int(line[15:])
         body = await self.reader.readexactly(length)
-        return status, json.loads(body)
+        return status, (json.loads(body) if status == 200 else body[:200])
 
 
 def check(kind: str, ident: int, answer: dict, tags: dict[str, int], products: int, generated: bool) -> bool:

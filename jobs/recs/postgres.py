@@ -610,10 +610,17 @@ class Reader:
     """What the HTTP service reads from PostgreSQL: a thread-safe connection pool, one
     statement per answer (so one version per answer, named in every row)."""
 
+    # How long a request waits for a free connection before it is answered 503.
+    WAIT_SECONDS = 10.0
+
     def __init__(self, database: Database, schema: str, max_connections: int = 16):
+        import threading
+
         from psycopg2 import pool
 
         self.database, self.schema = database, schema
+        # psycopg2's pool raises when all its connections are out; requests queue here instead.
+        self._free = threading.BoundedSemaphore(max_connections)
         try:
             self._pool = pool.ThreadedConnectionPool(
                 1, max_connections, host=database.host, port=database.port, dbname=database.dbname,
@@ -634,10 +641,25 @@ class Reader:
     def close(self) -> None:
         self._pool.closeall()
 
+    def _getconn(self):
+        if not self._free.acquire(timeout=self.WAIT_SECONDS):
+            raise DatabaseError(f"no free connection to {self.database.redacted_url} in {self.WAIT_SECONDS:.0f}s")
+        try:
+            return self._pool.getconn()
+        except BaseException:
+            self._free.release()
+            raise
+
+    def _putconn(self, connection, close: bool = False) -> None:
+        try:
+            self._pool.putconn(connection, close=close)
+        finally:
+            self._free.release()
+
     def run(self, name: str, **params) -> list[dict]:
         import psycopg2
 
-        connection = self._pool.getconn()
+        connection = self._getconn()
         broken = False
         try:
             connection.autocommit = True
@@ -649,7 +671,7 @@ class Reader:
             broken = True  # a restarted server: the next request gets a fresh connection
             raise
         finally:
-            self._pool.putconn(connection, close=broken or connection.closed)
+            self._putconn(connection, close=broken or bool(connection.closed))
 
     def recommendations(self, user_id: str, limit: int | None) -> list[dict]:
         return self.run("recommendations", id=user_id, limit=limit, popular_reason=POPULAR_REASON)
@@ -675,7 +697,7 @@ class Reader:
 
         from recs.reader import version_info
 
-        connection = self._pool.getconn()
+        connection = self._getconn()
         try:
             connection.autocommit = False
             with connection, connection.cursor() as cursor:
@@ -698,7 +720,7 @@ class Reader:
                         summary.iloc[0].to_dict() if summary is not None else None, metrics, row["is_current"]))
                 return infos
         finally:
-            self._pool.putconn(connection)
+            self._putconn(connection)
 
 
 def list_versions(database: Database, schema: str) -> list[tuple]:

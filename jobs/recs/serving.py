@@ -281,6 +281,10 @@ def create_app(source: Source | None = None) -> FastAPI:
     def nothing_published(request: Request, err: FileNotFoundError):
         return JSONResponse(status_code=503, content={"detail": str(err.args[0] if err.args else err)})
 
+    @app.exception_handler(postgres.DatabaseError)
+    def database_down(request: Request, err: postgres.DatabaseError):
+        return JSONResponse(status_code=503, content={"detail": str(err)})
+
     @app.exception_handler(UnknownId)
     def unknown(request: Request, err: UnknownId):
         return JSONResponse(status_code=404, content={"detail": err.args[0]})
