@@ -21,6 +21,8 @@ What it does:
 
 The last line is one JSON object:
 {"rps": .., "p50_ms": .., "p99_ms": .., "errors": .., "mixed_versions": 0, ...}
+with the server's CPU time per request and the machine's load average before and after,
+since on a shared machine the throughput says as much about the neighbours as about us.
 """
 
 from __future__ import annotations
@@ -99,6 +101,22 @@ def stage(spark, database, schema: str, version: str, tables: dict[str, pd.DataF
     frames = {name: spark.createDataFrame(table) for name, table in tables.items()}
     return postgres.load_staging(spark, database, schema, frames, version, connection,
                                  {name: len(table) for name, table in tables.items()})
+
+
+def server_cpu_seconds(pid: int) -> float:
+    """CPU time of the server and its worker processes (Linux /proc)."""
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry) == pid or int(fields[1]) == pid:  # the server or a worker it forked
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 def free_port() -> int:
@@ -261,8 +279,14 @@ def main(argv: list[str] | None = None) -> int:
             swap["seconds"] = round(time.perf_counter() - began, 3)
 
         # Generated ids are in number order, so a sampled index is the user's (product's) number.
+        cpu_before, load_before = server_cpu_seconds(server.pid), os.getloadavg()[0]
         result = asyncio.run(load(port, args.seconds, args.clients, known, product_ids, tags, args.products,
                                   generated, swap_in))
+        # What the machine was doing besides: on a shared machine the figures above depend on it.
+        result["server_cpu_ms_per_request"] = round(
+            (server_cpu_seconds(server.pid) - cpu_before) * 1000 / max(result["requests"], 1), 2)
+        result["load_average_1m"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
+        result["cores"] = os.cpu_count()
         result.update({"clients": args.clients, "workers": args.workers, "users": len(known),
                        "swap_seconds": swap.get("seconds"), "swapped_to": names[1] if swap else None,
                        "generated": generated})
