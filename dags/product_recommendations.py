@@ -8,6 +8,7 @@ import pendulum
 from airflow.sdk import DAG, chain
 
 from recs.config import RecsConfig
+from recs_airflow.alerts import alert_notifiers
 from recs_airflow.params import dag_params
 from recs_airflow.spark_tasks import published_asset, spark_step
 
@@ -22,7 +23,12 @@ with DAG(
     max_active_runs=1,
     params=dag_params(config),
     tags=["recommendations", "spark"],
-    default_args={"retries": 1, "retry_delay": pendulum.duration(minutes=2)},
+    default_args={
+        "retries": 1,
+        "retry_delay": pendulum.duration(minutes=2),
+        # E-mail and/or webhook when a task fails for good or publishing is refused (none when not configured).
+        "on_failure_callback": alert_notifiers(config),
+    },
     doc_md=__doc__,
 ):
     chain(

@@ -120,6 +120,19 @@ class RecsConfig:
     database_schema: str = field(default="recs", metadata={"env": "RECS_DATABASE_SCHEMA"})
     seed: int = field(default=42, metadata={"env": "RECS_SEED"})
 
+    # The HTTP service (recs.serving, `make serve`): where it listens, and its PostgreSQL
+    # connection pool (one connection per request in flight).
+    serving_host: str = field(default="127.0.0.1", metadata={"env": "RECS_SERVING_HOST"})
+    serving_port: int = field(default=8000, metadata={"env": "RECS_SERVING_PORT"})
+    serving_pool_size: int = field(default=16, metadata={"env": "RECS_SERVING_POOL_SIZE"})
+
+    # Alerts of failed tasks and refused publishes (plugins/recs_airflow/alerts.py), off
+    # when neither is set: e-mail to these comma-separated addresses through the SMTP
+    # connection named here (a webhook is RECS_ALERT_WEBHOOK_URL, a secret: environment only).
+    alert_email_to: str = field(default="", metadata={"env": "RECS_ALERT_EMAIL_TO"})
+    alert_email_from: str = field(default="", metadata={"env": "RECS_ALERT_EMAIL_FROM"})
+    alert_smtp_conn_id: str = field(default="smtp_default", metadata={"env": "RECS_ALERT_SMTP_CONN_ID"})
+
     def __post_init__(self) -> None:
         if self.input_format not in INPUT_FORMATS:
             raise ValueError(f"input_format must be one of {INPUT_FORMATS}, got {self.input_format!r}")

@@ -27,7 +27,7 @@ from recs import io
 from recs import model as recommender
 from recs.config import RecsConfig
 from recs.io import RunPaths, write_table
-from recs.metrics import metrics_at_k
+from recs.metrics import best_baseline, metrics_at_k
 from recs.model import ItemIndex, Model
 
 log = logging.getLogger(__name__)
@@ -390,12 +390,11 @@ def protocol_for(spark: SparkSession, paths: RunPaths) -> str:
 def headline(metrics: pd.DataFrame, k: int) -> dict:
     """NDCG@k of every method on all users, and the best baseline."""
     overall = metrics[(metrics["segment"] == "all") & (metrics["metric"] == "ndcg")].set_index("method")["value"]
-    baselines = overall.drop(labels=["published", "without_text", "without_time"], errors="ignore")
-    best = baselines.idxmax()
+    best, best_ndcg = best_baseline(metrics)
     return {
         f"ndcg@{k}": overall.to_dict(),
         "best_baseline": best,
-        "lift_over_best_baseline": float(overall["published"] / baselines[best]) if baselines[best] else None,
+        "lift_over_best_baseline": float(overall["published"] / best_ndcg) if best_ndcg else None,
     }
 
 

@@ -506,66 +506,221 @@ def previous_parquet_version(data_root: str) -> str | None:
     return max(older, key=dated.get) if older else None
 
 
-# --- reading, as a storefront would (`make recs`, `make similar`) ---------------------
+# --- reading, as a storefront would (`make recs`, `make similar`, recs.serving) -------
 
 POPULAR_REASON = "no history yet: popular right now"
 
+# Each lookup is ONE statement: PostgreSQL locks every table a statement names before
+# reading any, and the publish swap renames them all in one transaction, so one
+# statement reads one version (each row carries its `version`). Two statements could
+# straddle a swap. An unknown user gets the popular products in the same statement.
+RECOMMENDATIONS_SQL = """
+WITH mine AS (
+    SELECT version, rank, product_id, score, reason FROM {schema}.user_recommendations
+    WHERE user_id = %(id)s ORDER BY rank LIMIT %(limit)s
+), popular AS (
+    SELECT version, rank, product_id, score, %(popular_reason)s AS reason FROM {schema}.popular_products
+    WHERE NOT EXISTS (SELECT 1 FROM mine) ORDER BY rank LIMIT %(limit)s
+), picked AS (
+    SELECT *, true AS personal FROM mine UNION ALL SELECT *, false AS personal FROM popular
+)
+SELECT p.version, p.rank, p.product_id, c.title, p.score, p.reason, p.personal, c.version AS title_version
+FROM picked p LEFT JOIN {schema}.product_clusters c USING (product_id) ORDER BY p.rank
+"""
+SIMILAR_SQL = """
+SELECT s.version, s.rank, s.similar_product_id AS product_id, c.title, s.score, c.version AS title_version
+FROM {schema}.similar_products s LEFT JOIN {schema}.product_clusters c ON c.product_id = s.similar_product_id
+WHERE s.product_id = %(id)s ORDER BY s.rank LIMIT %(limit)s
+"""
+POPULAR_SQL = """
+SELECT p.version, p.rank, p.product_id, c.title, p.score, %(popular_reason)s AS reason, c.version AS title_version
+FROM {schema}.popular_products p LEFT JOIN {schema}.product_clusters c USING (product_id)
+ORDER BY p.rank LIMIT %(limit)s
+"""
+PRODUCT_SQL = """
+SELECT version, product_id, cluster, title, category FROM {schema}.product_clusters WHERE product_id = %(id)s
+"""
+CURRENT_SQL = "SELECT version, run_id, published_at FROM {schema}.published_versions WHERE is_current"
 
-def query(database: Database, schema: str, statement: str, params: tuple = ()):
+
+def _statement(text: str, schema: str):
+    from psycopg2 import sql
+
+    return sql.SQL(text).format(schema=_ident(schema))
+
+
+def _rows(cursor, statement, params: dict) -> list[dict]:
+    cursor.execute(statement, params)
+    columns = [column.name for column in cursor.description]
+    return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+
+
+def _nothing_published(database: Database, schema: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"nothing published yet in schema {schema} of {database.redacted_url}: run the DAG with {URL_VARIABLE} set"
+    )
+
+
+def query(database: Database, schema: str, statement: str, params: tuple | dict = ()):
     """Run one SELECT (`{schema}` in it is replaced by the quoted schema) into a DataFrame."""
     import pandas as pd
     import psycopg2
-    from psycopg2 import sql
 
     connection = database.connect("recs-reader")
     try:
         with connection, connection.cursor() as cursor:
-            cursor.execute(sql.SQL(statement).format(schema=_ident(schema)), params)
+            cursor.execute(_statement(statement, schema), params)
             columns = [column.name for column in cursor.description]
             return pd.DataFrame(cursor.fetchall(), columns=columns)
     except psycopg2.errors.UndefinedTable as err:
-        raise FileNotFoundError(
-            f"nothing published yet in schema {schema} of {database.redacted_url}: run the DAG with "
-            f"{URL_VARIABLE} set"
-        ) from err
+        raise _nothing_published(database, schema) from err
     finally:
         connection.close()
 
 
+ITEM_COLUMNS = ["rank", "product_id", "title", "score", "reason"]
+
+
 def recommendations_for(database: Database, schema: str, user_id: str):
-    """A user's recommendations with titles; users without any get the popular products."""
-    mine = query(
-        database, schema,
-        "SELECT r.rank, r.product_id, c.title, r.score, r.reason FROM {schema}.user_recommendations r "
-        "LEFT JOIN {schema}.product_clusters c USING (product_id) WHERE r.user_id = %s ORDER BY r.rank",
-        (user_id,),
-    )
-    if mine.empty:
-        mine = query(
-            database, schema,
-            "SELECT p.rank, p.product_id, c.title, p.score, %s AS reason FROM {schema}.popular_products p "
-            "LEFT JOIN {schema}.product_clusters c USING (product_id) ORDER BY p.rank",
-            (POPULAR_REASON,),
-        )
-    return mine
+    """A user's recommendations with titles; an unknown user is an error (reader.UnknownId)."""
+    from recs.reader import unknown_customer
+
+    mine = query(database, schema, RECOMMENDATIONS_SQL,
+                 {"id": user_id, "limit": None, "popular_reason": POPULAR_REASON})
+    if mine.empty or not mine["personal"].iloc[0]:
+        raise unknown_customer(user_id)
+    return mine[ITEM_COLUMNS]
 
 
 def similar_to(database: Database, schema: str, product_id: str):
-    rows = query(
-        database, schema,
-        "SELECT s.rank, s.similar_product_id, c.title, s.score FROM {schema}.similar_products s "
-        "LEFT JOIN {schema}.product_clusters c ON c.product_id = s.similar_product_id "
-        "WHERE s.product_id = %s ORDER BY s.rank",
-        (product_id,),
-    )
+    from recs.reader import unknown_product
+
+    rows = query(database, schema, SIMILAR_SQL, {"id": product_id, "limit": None})
     if rows.empty:
-        raise KeyError(f"unknown product {product_id!r}: it is not in the published catalog")
-    return rows
+        raise unknown_product(product_id)
+    return rows.rename(columns={"product_id": "similar_product_id"})[["rank", "similar_product_id", "title", "score"]]
 
 
 def summary(database: Database, schema: str):
     table = query(database, schema, "SELECT * FROM {schema}.run_summary")
     return table.drop(columns=["config_json", "stats_json"], errors="ignore").iloc[0]
+
+
+class Reader:
+    """What the HTTP service reads from PostgreSQL: a thread-safe connection pool, one
+    statement per answer (so one version per answer, named in every row)."""
+
+    # How long a request waits for a free connection before it is answered 503.
+    WAIT_SECONDS = 10.0
+
+    def __init__(self, database: Database, schema: str, max_connections: int = 16):
+        import threading
+
+        from psycopg2 import pool
+
+        self.database, self.schema = database, schema
+        # psycopg2's pool raises when all its connections are out; requests queue here instead.
+        self._free = threading.BoundedSemaphore(max_connections)
+        try:
+            self._pool = pool.ThreadedConnectionPool(
+                1, max_connections, host=database.host, port=database.port, dbname=database.dbname,
+                user=database.user or None, password=database.password or None, application_name="recs-serving",
+                connect_timeout=10, **dict(database.params),
+            )
+        except Exception as err:  # psycopg2.OperationalError: one line, without the password
+            raise DatabaseError(f"cannot connect to {database.redacted_url}: {str(err).strip()}") from err
+        # Composed once into plain text: quoting the schema for every request costs more than the query.
+        connection = self._pool.getconn()
+        try:
+            self._statements = {name: _statement(text, schema).as_string(connection) for name, text in (
+                ("recommendations", RECOMMENDATIONS_SQL), ("similar", SIMILAR_SQL), ("popular", POPULAR_SQL),
+                ("product", PRODUCT_SQL), ("current", CURRENT_SQL))}
+        finally:
+            self._pool.putconn(connection)
+
+    def close(self) -> None:
+        self._pool.closeall()
+
+    def _getconn(self):
+        if not self._free.acquire(timeout=self.WAIT_SECONDS):
+            raise DatabaseError(f"no free connection to {self.database.redacted_url} in {self.WAIT_SECONDS:.0f}s")
+        try:
+            return self._pool.getconn()
+        except BaseException:
+            self._free.release()
+            raise
+
+    def _putconn(self, connection, close: bool = False) -> None:
+        try:
+            self._pool.putconn(connection, close=close)
+        finally:
+            self._free.release()
+
+    def run(self, name: str, **params) -> list[dict]:
+        import psycopg2
+
+        connection = self._getconn()
+        broken = False
+        try:
+            connection.autocommit = True
+            with connection.cursor() as cursor:
+                return _rows(cursor, self._statements[name], params)
+        except psycopg2.errors.UndefinedTable as err:
+            raise _nothing_published(self.database, self.schema) from err
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            broken = True  # a restarted server: the next request gets a fresh connection
+            raise
+        finally:
+            self._putconn(connection, close=broken or bool(connection.closed))
+
+    def recommendations(self, user_id: str, limit: int | None) -> list[dict]:
+        return self.run("recommendations", id=user_id, limit=limit, popular_reason=POPULAR_REASON)
+
+    def similar(self, product_id: str, limit: int | None) -> list[dict]:
+        return self.run("similar", id=product_id, limit=limit)
+
+    def popular(self, limit: int | None) -> list[dict]:
+        return self.run("popular", limit=limit, popular_reason=POPULAR_REASON)
+
+    def product(self, product_id: str) -> dict | None:
+        rows = self.run("product", id=product_id)
+        return rows[0] if rows else None
+
+    def current(self) -> dict | None:
+        rows = self.run("current")
+        return rows[0] if rows else None
+
+    def versions(self) -> list[dict]:
+        """Every kept version (not dropped), newest first, with its run_summary and run_metrics."""
+        import pandas as pd
+        from psycopg2 import sql
+
+        from recs.reader import version_info
+
+        connection = self._getconn()
+        try:
+            connection.autocommit = False
+            with connection, connection.cursor() as cursor:
+                kept = _rows(cursor, sql.SQL(
+                    "SELECT version, run_id, published_at, table_key, tables, is_current FROM {} "
+                    "WHERE dropped_at IS NULL ORDER BY published_at DESC").format(
+                        _ident(self.schema, VERSIONS_TABLE)), {})
+                infos = []
+                for row in kept:
+                    def table(name: str, row=row):
+                        if name not in row["tables"]:
+                            return None
+                        live = name if row["is_current"] else versioned_name(name, row["table_key"])
+                        found = _rows(cursor, sql.SQL("SELECT * FROM {}").format(_ident(self.schema, live)), {})
+                        return pd.DataFrame(found) if found else None
+
+                    summary, metrics = table("run_summary"), table("run_metrics")
+                    infos.append(version_info(
+                        row["version"], row["run_id"], row["published_at"].isoformat(),
+                        summary.iloc[0].to_dict() if summary is not None else None, metrics, row["is_current"]))
+                return infos
+        finally:
+            self._putconn(connection)
 
 
 def list_versions(database: Database, schema: str) -> list[tuple]:
