@@ -22,7 +22,12 @@ with DAG(
     max_active_runs=1,
     params=dag_params(config),
     tags=["recommendations", "spark"],
-    default_args={"retries": 1, "retry_delay": pendulum.duration(minutes=2)},
+    dagrun_timeout=pendulum.duration(minutes=config.dag_run_timeout_minutes),
+    default_args={
+        "retries": 1,
+        "retry_delay": pendulum.duration(minutes=2),
+        "execution_timeout": pendulum.duration(minutes=config.task_timeout_minutes),
+    },
     doc_md=__doc__,
 ):
     chain(
