@@ -31,6 +31,7 @@ from recs import postgres
 from recs.config import safe_run_id
 from recs.reader import current_version_dir
 from recs.synthetic import ShopSize, write_shop
+from resources import require
 
 pytestmark = pytest.mark.e2e
 TOP_N = 5
@@ -109,11 +110,14 @@ def standalone_cluster(tmp_path):
 
 @pytest.fixture
 def pg_schema():
-    psycopg2 = pytest.importorskip("psycopg2")
+    import psycopg2
+
     try:
         psycopg2.connect(host="127.0.0.1", port=5432, dbname="test", user="postgres", connect_timeout=5).close()
+        up = True
     except psycopg2.OperationalError:
-        pytest.skip("no PostgreSQL on 127.0.0.1:5432 (database test)")
+        up = False
+    require(up, "no PostgreSQL on 127.0.0.1:5432 (database test)")
     name = f"recs_e2e_{uuid.uuid4().hex[:10]}"
     yield name
     connection = psycopg2.connect(host="127.0.0.1", port=5432, dbname="test", user="postgres")
