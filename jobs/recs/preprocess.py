@@ -158,10 +158,38 @@ def check_quarantine_share(stats: dict, limit: float, input_path: str, quarantin
     share = quarantined / read if read else 0.0
     stats["events_quarantined_share"] = round(share, 4)
     if share > limit:
-        worst = ", ".join(f"{reason}: {n}" for reason, n in sorted(reasons.items(), key=lambda item: -item[1])[:3])
+        worst = ", ".join(f"{reason}: {n}" for reason, n in sorted(reasons.items(), key=lambda r: (-r[1], r[0]))[:3])
         raise ValueError(
             f"{quarantined} of {read} events in {input_path} quarantined ({share:.0%}), more than "
             f"RECS_MAX_QUARANTINE_SHARE={limit:g} ({worst}); see {quarantine_path}"
+        )
+
+
+# K-means needs at least two clusters of distinct products (cluster.candidate_ks).
+MIN_PRODUCTS = 3
+
+
+def check_enough_to_learn(events: DataFrame, stats: dict, config: RecsConfig) -> None:
+    """Fail here, naming the cause, on input the later steps cannot learn or measure
+    anything from, instead of in the middle of a K-means or an evaluation."""
+    where = config.input_path
+    if stats["products_out"] < MIN_PRODUCTS:
+        raise ValueError(
+            f"only {stats['products_out']} valid product(s) in {where}: the pipeline needs at least {MIN_PRODUCTS}"
+        )
+    purchases, first, last = events.agg(
+        F.sum((F.col("event_type") == "purchase").cast("int")), F.min("ts"), F.max("ts")
+    ).first()
+    if not purchases:
+        raise ValueError(
+            f"no purchases among the {stats['events_out']} valid events of {where}: "
+            "the evaluation and the publish gate measure purchases"
+        )
+    stats["days_spanned"] = round((last - first).total_seconds() / 86400, 2)
+    if stats["timestamps"] and stats["days_spanned"] <= config.eval_days:
+        raise ValueError(
+            f"the events of {where} span {stats['days_spanned']:g} days, not more than RECS_EVAL_DAYS="
+            f"{config.eval_days}: the evaluation window would leave no history to learn from"
         )
 
 
@@ -199,11 +227,12 @@ def run(spark: SparkSession, config: RecsConfig, paths: RunPaths) -> dict:
         for row in source.products.select(price_problem(F.col("price")).alias("reason"))
         .where(F.col("reason").isNotNull()).groupBy("reason").count().collect()
     }
-    check_quarantine_share(stats, config.max_quarantine_share, config.input_path, paths.table("quarantine"))
     if stats["products_out"] == 0:
         raise ValueError(f"no valid products in {config.input_path}; see {paths.table('quarantine')}")
+    check_quarantine_share(stats, config.max_quarantine_share, config.input_path, paths.table("quarantine"))
     if stats["events_out"] == 0:
         raise ValueError(f"no valid events in {config.input_path}; see {paths.table('quarantine')}")
+    check_enough_to_learn(written_events, stats, config)
     stats["exact_duplicates_dropped"] = (
         stats["products_in"] + stats["events_in"] + source.skipped.count()
         - stats["products_out"] - stats["events_out"] - sum(stats["quarantine"].values())
