@@ -6,8 +6,6 @@ in-process on one table written in two layouts (one sorted file; shuffled rows i
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -57,8 +55,12 @@ def test_pca_and_clusters_do_not_depend_on_the_row_layout(spark, tmp_path, embed
         pca.run(spark, settings, paths)
         stats.append(cluster.run(spark, settings, paths))
     first, second = (read(paths, "product_clusters") for paths in runs)
-    # The projections agree to rounding (sums in another order would differ in the last bits,
-    # enough to move K-means' centres); the clusters, k and the silhouette curve exactly.
+    # The same clusters, k and cluster sizes; projections and silhouettes equal up to the last
+    # bits of a sum merged in task completion order (without the fixed layout the silhouettes
+    # differ by 0.05 to 0.3, and the clusters with them).
     np.testing.assert_allclose(np.stack(first["pca"]), np.stack(second["pca"]), rtol=0, atol=1e-12)
-    assert json.dumps(stats[0], sort_keys=True) == json.dumps(stats[1], sort_keys=True)
     assert first["cluster"].tolist() == second["cluster"].tolist()
+    assert (stats[0]["k"], stats[0]["cluster_sizes"]) == (stats[1]["k"], stats[1]["cluster_sizes"])
+    assert stats[0]["silhouette_by_k"].keys() == stats[1]["silhouette_by_k"].keys()
+    for k, value in stats[0]["silhouette_by_k"].items():
+        assert value == pytest.approx(stats[1]["silhouette_by_k"][k], rel=1e-9, abs=1e-12), k
