@@ -53,13 +53,13 @@ browser:
 TEST_WORKERS ?= 2
 test: setup browser
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -rs -p no:cacheprovider --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 unit: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not e2e"
+	$(BIN)/python -m pytest -q -rs -p no:cacheprovider -m "not e2e"
 
 e2e: setup browser
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m e2e
+	$(BIN)/python -m pytest -q -rs -p no:cacheprovider -m e2e
 
 lint: setup
 	$(BIN)/ruff check .

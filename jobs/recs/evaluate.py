@@ -29,6 +29,7 @@ from recs.config import RecsConfig
 from recs.io import RunPaths, write_table
 from recs.metrics import best_baseline, metrics_at_k
 from recs.model import ItemIndex, Model
+from recs.ordering import fixed_order
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +235,7 @@ def als_scores(train: DataFrame, index: ItemIndex, users: list[str], params: dic
         train.groupBy("user_id", "product_id").agg(F.count("*").cast("float").alias("rating"))
         .join(ids, "product_id").join(user_ids, "user_id")
     )
+    ratings = fixed_order(ratings, ["user", "item"], int(spark.conf.get("spark.sql.shuffle.partitions")))
     als = ALS(rank=ALS_RANK, maxIter=10, implicitPrefs=True, userCol="user", itemCol="item", ratingCol="rating",
               coldStartStrategy="drop", seed=seed, **params)
     fitted = als.fit(ratings)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from pyspark.sql import SparkSession
 
-from recs.config import SETTING_NAMES, RecsConfig, safe_run_id
+from recs.config import RecsConfig, check_input_path, safe_run_id, settings_from_params
 from recs.io import RunPaths, write_json
 
 log = logging.getLogger("recs")
@@ -45,8 +45,7 @@ def run_step(step_name: str, step: Step, argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     try:
-        params = json.loads(args.params_json)
-        config = RecsConfig.load(overrides=_settings_only(params))
+        config = load_config(json.loads(args.params_json))
     except (ValueError, TypeError) as err:
         log.error("%s: bad configuration: %s", step_name, err)
         sys.exit(2)
@@ -67,6 +66,13 @@ def run_step(step_name: str, step: Step, argv: list[str] | None = None) -> None:
     spark.stop()
 
 
-def _settings_only(params: dict) -> dict:
-    """DAG params that are not pipeline settings (gate overrides, notes) stay out of the config."""
-    return {name: value for name, value in params.items() if name in SETTING_NAMES}
+def load_config(params: dict) -> RecsConfig:
+    """The step's configuration from a DAG run's params: only the form's params are taken
+    (anything else in the run's conf is refused), and an input_path they name must lie
+    under the input roots. The environment's own RECS_INPUT is the operator's choice."""
+    if not isinstance(params, dict):
+        raise TypeError(f"--params-json must hold a JSON object, got {type(params).__name__}")
+    config = RecsConfig.load(overrides=settings_from_params(params))
+    if "input_path" in params:
+        check_input_path(config)
+    return config

@@ -33,6 +33,7 @@ from recs.config import safe_run_id
 from recs.reader import current_version_dir
 from recs.synthetic import ShopSize, write_shop
 from recs_airflow import local_run
+from resources import require
 from serving_checks import free_port, stop
 
 pytestmark = pytest.mark.e2e
@@ -95,11 +96,14 @@ def standalone_cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pg_schema():
-    psycopg2 = pytest.importorskip("psycopg2")
+    import psycopg2
+
     try:
         psycopg2.connect(host="127.0.0.1", port=5432, dbname="test", user="postgres", connect_timeout=5).close()
+        up = True
     except psycopg2.OperationalError:
-        pytest.skip("no PostgreSQL on 127.0.0.1:5432 (database test)")
+        up = False
+    require(up, "no PostgreSQL on 127.0.0.1:5432 (database test)")
     name = f"recs_e2e_{uuid.uuid4().hex[:10]}"
     yield name
     connection = psycopg2.connect(host="127.0.0.1", port=5432, dbname="test", user="postgres")
@@ -109,7 +113,7 @@ def pg_schema():
 
 
 @pytest.fixture(scope="module")
-def cluster_run(tmp_path_factory, airflow_home, standalone_cluster, pg_schema):
+def cluster_run(tmp_path_factory, airflow_home, input_roots, standalone_cluster, pg_schema):
     """The one DAG run of this file: a synthetic shop, published to Parquet and PostgreSQL."""
     tmp_path = tmp_path_factory.mktemp("cluster_run")
     shop = tmp_path / "shop"
@@ -122,6 +126,7 @@ def cluster_run(tmp_path_factory, airflow_home, standalone_cluster, pg_schema):
     spark_connection = {"conn_type": "spark", "host": "spark://127.0.0.1", "port": standalone_cluster["port"]}
     env = local_run.airflow_env(airflow_home, {
         "RECS_DATA_ROOT": str(data_root),
+        "RECS_INPUT_ROOTS": input_roots,
         "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps(spark_connection),
         "SPARK_LOCAL_IP": "127.0.0.1",
         "OPENAI_API_KEY": "",

@@ -66,3 +66,24 @@ def test_pyspark_imports_from_the_venv():
     from pyspark.sql import SparkSession  # noqa: F401
 
     assert pyspark.__version__ == "4.2.0"
+
+
+def test_every_task_and_the_run_have_timeouts(dag):
+    from datetime import timedelta
+
+    from recs.config import RecsConfig
+
+    config = RecsConfig.load()
+    assert dag.dagrun_timeout == timedelta(minutes=config.dag_run_timeout_minutes)
+    for task in dag.tasks:
+        assert task.execution_timeout == timedelta(minutes=config.task_timeout_minutes), task.task_id
+
+
+def test_the_form_holds_exactly_what_a_run_may_set(dag):
+    from recs.config import DAG_PARAMS
+
+    assert list(dag.params) == list(DAG_PARAMS)
+    assert "data_root" not in dag.params and "keep_versions" not in dag.params
+    schema = dag.params.get_param("k_min").schema
+    assert (schema["type"], schema["minimum"], schema["title"]) == ("integer", 2, "Smallest k to try")
+    assert dag.params.get_param("input_format").schema["enum"] == ["contract", "online_retail", "amazon_reviews"]

@@ -19,6 +19,7 @@ import pytest
 from recs import postgres, reader
 from recs.config import RecsConfig
 from recs.io import RunPaths
+from resources import require
 
 PASSWORD = f"pw-{uuid.uuid4().hex[:12]}"
 URL = f"postgresql://postgres:{PASSWORD}@127.0.0.1:5432/test"
@@ -33,7 +34,9 @@ def _server_up() -> bool:
         return False
 
 
-pytestmark = pytest.mark.skipif(not _server_up(), reason="no PostgreSQL on 127.0.0.1:5432 (database test)")
+@pytest.fixture(autouse=True, scope="module")
+def _postgres_up():
+    require(_server_up(), "no PostgreSQL on 127.0.0.1:5432 (database test)")
 
 
 @pytest.fixture
