@@ -18,16 +18,26 @@ import pandas as pd
 
 from recs import postgres
 from recs.config import RecsConfig
-from recs.io import CURRENT_POINTER
+from recs.io import resolve_pointer
+
+
+def _read_or_none(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
 
 
 def current_version_dir(data_root: str) -> str:
-    published = os.path.join(data_root, "published")
-    pointer = os.path.join(published, CURRENT_POINTER)
-    if not os.path.exists(pointer):
+    """The folder of the version readers should use, found as the Spark jobs find it."""
+    published = os.path.join(data_root.removeprefix("file://"), "published")
+    version = resolve_pointer(
+        lambda folder: os.listdir(folder) if os.path.isdir(folder) else [], _read_or_none, published
+    )
+    if version is None:
         raise FileNotFoundError(f"nothing published yet under {published}: run the DAG first")
-    with open(pointer, encoding="utf-8") as handle:
-        return os.path.join(published, "versions", handle.read().strip())
+    return os.path.join(published, "versions", version)
 
 
 def published_table(data_root: str, table: str) -> pd.DataFrame:
