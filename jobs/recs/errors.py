@@ -41,8 +41,8 @@ def redact(text: str, environ: dict[str, str] | None = None) -> str:
 
 def secret_fragments(environ: dict[str, str] | None = None) -> set[str]:
     """Every piece of a secret that could reach a message: the whole value, its
-    %-encoded and decoded forms, and the pieces a URL parser would cut a password into
-    at an unencoded `/`, `#`, `?`, `@` or `:`."""
+    %-encoded forms, and every run of the pieces a URL parser would cut a password into
+    at an unencoded `/`, `#`, `?`, `@` or `:` (pieces shorter than MIN_FRAGMENT excepted)."""
     environ = os.environ if environ is None else environ
     fragments: set[str] = set()
     for name in SECRET_VARIABLES:
@@ -53,7 +53,9 @@ def secret_fragments(environ: dict[str, str] | None = None) -> set[str]:
         secrets = [value] if name != "RECS_DATABASE_URL" else url_secrets(value)
         for secret in secrets:
             fragments |= {secret, quote(secret, safe=""), quote(secret)}
-            fragments |= set(re.split(r"[/#?@:]", secret))
+            pieces = re.split(r"([/#?@:])", secret)
+            ends = range(1, len(pieces) + 1, 2)
+            fragments |= {"".join(pieces[i:j]) for i in range(0, len(pieces), 2) for j in ends if j > i}
     return {fragment for fragment in fragments if len(fragment) >= MIN_FRAGMENT}
 
 

@@ -43,4 +43,9 @@ def dag_params(config: RecsConfig | None = None) -> dict[str, Param]:
             description="For this run only; the reason below is recorded in run_summary and the report.",
         ),
         "gate_override_reason": Param("", type="string", title="Why the gate is overridden"),
+        "publish_run_id": Param(
+            "", type="string", pattern=r"^[A-Za-z0-9_.:+-]*$", maxLength=250, title="Publish an earlier run",
+            description="The run id of an earlier run (e.g. one the gate refused) whose tables this DAG run "
+                        "publishes, with the gate override above; every other task is skipped. Empty: a normal run.",
+        ),
     }
