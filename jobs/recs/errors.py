@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 # Where a secret may be in the environment of a job (the task exports them, recs/postgres.py
 # and the OpenAI backend read them).
@@ -64,6 +64,7 @@ def url_secrets(url: str) -> list[str]:
     from recs.postgres import Database, split_url
 
     userinfo, _, query = split_url(url)
-    found = [userinfo.partition(":")[2]] if ":" in userinfo else []
+    password = userinfo.partition(":")[2]
+    found = [password, unquote(password)] if password else []
     found += [value for key, value in query if not Database.shows_param(key)]
     return [secret for secret in found if secret]
