@@ -433,6 +433,23 @@ def drop_leftovers(connection, schema: str) -> list[str]:
     return leftovers
 
 
+def known_versions(database: Database, schema: str) -> tuple[set[str], datetime | None]:
+    """Every version ever published to the schema, and when the first one was."""
+    import psycopg2
+    from psycopg2 import sql
+
+    connection = database.connect("recs-publish-check")
+    try:
+        with connection, connection.cursor() as cursor:
+            cursor.execute(sql.SQL("SELECT version, published_at FROM {}").format(_ident(schema, VERSIONS_TABLE)))
+            rows = cursor.fetchall()
+    except psycopg2.errors.UndefinedTable:
+        rows = []
+    finally:
+        connection.close()
+    return {row[0] for row in rows}, min((row[1] for row in rows), default=None)
+
+
 def serving(database: Database, schema: str) -> tuple[str, str] | None:
     """(version, run id) the database serves now, or None when nothing is published."""
     import psycopg2
@@ -461,7 +478,8 @@ def publish_tables(spark: SparkSession, database: Database, schema: str, tables:
 
     from recs.faults import fault_point
 
-    connection = database.connect("recs-publish")
+    # Named by schema: an operator (or a fault drill) can tell this load's session apart.
+    connection = database.connect(f"recs-publish {schema}"[:63])
     try:
         set_timeouts(connection, lock_timeout, statement_timeout)
         ensure_versions_table(connection, schema)

@@ -108,13 +108,20 @@ def input_fingerprint(input_format: str, input_path: str, schema: str) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 
+def run_input(config: RecsConfig, stats: dict) -> dict:
+    """The input the run's preprocess step read (its stats say; runtime.run_step records it),
+    else this job's settings."""
+    return stats.get("preprocess", {}).get("input") or {"format": config.input_format, "path": config.input_path}
+
+
 def run_input_fingerprint(config: RecsConfig, stats: dict, products: DataFrame, events: DataFrame) -> str:
     """The schema is the raw input's when the preprocess step records it (`input_schema`),
     else that of the tables it made from the input."""
     schema = stats.get("preprocess", {}).get("input_schema") or (
         f"products {products.schema.simpleString()}; events {events.schema.simpleString()}"
     )
-    return input_fingerprint(config.input_format, config.input_path, str(schema))
+    source = run_input(config, stats)
+    return input_fingerprint(source["format"], source["path"], str(schema))
 
 
 def previous_of_same_input(spark: SparkSession, paths: RunPaths, fingerprint: str) -> dict | None:
@@ -160,8 +167,8 @@ def run_summary(
         "run_id": run_id,
         "version": version,
         "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "input_format": config.input_format,
-        "input_path": config.input_path,
+        "input_format": run_input(config, stats)["format"],
+        "input_path": run_input(config, stats)["path"],
         "input_fingerprint": fingerprint,
         "products": stats["preprocess"]["products_out"],
         "events": stats["preprocess"]["events_out"],
@@ -180,7 +187,7 @@ def run_summary(
         "gate_passed": gate["passed"],
         "gate_overridden": gate["overridden"],
         "gate_message": gate["message"],
-        "gate_compared_with": gate["compared_with"],
+        "gate_compared_with": gate["compared_with"] or "",
         "config_json": config.to_json(),
         "stats_json": json.dumps(stats, sort_keys=True, default=str),
     }
@@ -207,13 +214,19 @@ def manifests(spark: SparkSession, paths: RunPaths) -> dict[str, str]:
     return found
 
 
-def clean_leftovers(spark: SparkSession, paths: RunPaths, keep: set[str]) -> list[str]:
+def clean_leftovers(spark: SparkSession, config: RecsConfig, paths: RunPaths, keep: set[str]) -> list[str]:
     """What an interrupted publish left: version folders without a manifest (a kill during
-    the Parquet write) and temporary pointer files. Runs under the publish lock, so no
-    other publish is writing one; never touches the versions in `keep` (served ones)."""
+    the Parquet write), with a database also complete ones it never heard of since it was
+    first used (a kill before the swap), and temporary pointer files. Runs under the
+    publish lock, so no other publish is writing one; never touches `keep` (served ones)."""
     folder = f"{paths.published}/versions"
     complete = manifests(spark, paths)
     removed = [name for name in io.list_dir(spark, folder) if name not in complete and name not in keep]
+    database = postgres.configured_database()
+    if database is not None:
+        known, first = postgres.known_versions(database, config.database_schema)
+        removed += [name for name, at in complete.items() if name not in known and name not in keep
+                    and first is not None and datetime.fromisoformat(at) > first]
     for name in removed:
         io.delete(spark, f"{folder}/{name}")
     for name in io.list_dir(spark, paths.published):
@@ -249,7 +262,7 @@ def run(spark: SparkSession, config: RecsConfig, paths: RunPaths) -> dict:
 def publish(spark: SparkSession, config: RecsConfig, paths: RunPaths, held) -> dict:
     previous = io.current_published_run(spark, paths.published)
     served = served_by_database(config)
-    cleaned = clean_leftovers(spark, paths, {previous, served and served[0]} - {None})
+    cleaned = clean_leftovers(spark, config, paths, {previous, served and served[0]} - {None})
     if served and served[1] == paths.run_id and served[0] != previous and served[0] in manifests(spark, paths):
         # An earlier try of this run swapped the database, then died: finish its pointer.
         log.info("the database already serves %s of this run: switching the pointer to it", served[0])

@@ -63,6 +63,9 @@ def run_step(step_name: str, step: Step, argv: list[str] | None = None) -> None:
     try:
         stats = step(spark, config, paths) or {}
         stats["seconds"] = round(time.monotonic() - started, 1)
+        # Which input the run read: publish compares runs of the same input (recs/publish.py),
+        # also when it publishes an earlier run whose params it does not have.
+        stats.setdefault("input", {"format": config.input_format, "path": config.input_path})
         write_json(spark, paths.stats(step_name), stats)
         if exists(spark, paths.error(step_name)):  # a failed earlier try of this step
             delete(spark, paths.error(step_name))
