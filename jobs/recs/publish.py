@@ -96,7 +96,8 @@ def gate_decision(metrics: pd.DataFrame | None, previous: dict | None, config: R
             problems
         )
     else:
-        message = "; ".join(problems) + f" ({compared})"
+        named = previous is not None and any(previous["version"] in problem for problem in problems)
+        message = "; ".join(problems) + ("" if named else f" ({compared})")
     return {"passed": not problems, "overridden": bool(problems) and config.gate_override, "message": message,
             "ndcg": ndcg, "previous_ndcg": previous_ndcg, "compared_with": previous["version"] if previous else None}
 

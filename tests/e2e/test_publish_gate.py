@@ -44,8 +44,7 @@ def test_the_gate_refuses_a_worse_run_of_the_same_input_and_the_override_publish
     assert state == "failed", log[-3000:]
     report = data_root / "runs" / "worse" / "report.html"
     refusal = (f"refusing to publish run worse: NDCG@10 = 0.2000 is more than 10% below the last published run of "
-               f"the same input (good: 0.3000, threshold 0.2700) (compared with good, the last published run of "
-               f"the same input); report: {report}")
+               f"the same input (good: 0.3000, threshold 0.2700); report: {report}")
     assert f"AirflowFailException: publish: {refusal}" in log, log[-3000:]
     assert "up_for_retry" not in log and "UP_FOR_RETRY" not in log
     assert json.loads((data_root / "runs" / "worse" / "errors" / "publish.json").read_text()) == {
@@ -70,6 +69,5 @@ def test_the_gate_refuses_a_worse_run_of_the_same_input_and_the_override_publish
     assert summary["gate_compared_with"] == "good" and "new catalog, checked by hand" in summary["gate_message"]
     assert summary["input_path"] == SHOP_A
     assert not (data_root / "runs" / "worse" / "errors" / "publish.json").exists()
-    for step in ("preprocess", "embed", "pca", "cluster", "recommend", "evaluate"):
-        assert "this DAG run only publishes the earlier run worse" in log or step not in log
-    assert log.count("Spark-Submit cmd") == 1
+    assert log.count("this DAG run only publishes the earlier run worse") >= 1
+    assert log.count("Spark-Submit cmd") == 1  # publish only: nothing computed again
