@@ -20,7 +20,6 @@ spark-submit (~30 s) counts:
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import uuid
@@ -29,6 +28,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import require_postgres
 from publish_runs import build_zip, kill, prepare_run, run_publish, submit_publish
 from recs import postgres
 from recs.reader import current_version_dir
@@ -41,19 +41,10 @@ TABLES = ("user_recommendations", "similar_products", "product_clusters", "popul
 
 @pytest.fixture
 def schema():
-    psycopg2 = pytest.importorskip("psycopg2")
-    try:
-        psycopg2.connect(URL, connect_timeout=5).close()
-    except psycopg2.OperationalError:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip("no PostgreSQL on 127.0.0.1:5432 (database test)")
+    require_postgres(URL)
     name = f"recs_faults_{uuid.uuid4().hex[:10]}"
     yield name
-    connection = psycopg2.connect(URL)
-    with connection, connection.cursor() as cursor:
-        cursor.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-    connection.close()
+    query(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
 
 
 def query(statement: str, params=()):

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from conftest import require_postgres
 from recs import lock
 from recs.config import RecsConfig
 
@@ -85,13 +86,7 @@ def test_the_lease_is_renewed_while_held(tmp_path, monkeypatch):
 
 
 def test_with_a_database_an_advisory_lock_names_its_holder(tmp_path, monkeypatch):
-    psycopg2 = pytest.importorskip("psycopg2")
-    try:
-        psycopg2.connect(URL, connect_timeout=5).close()
-    except psycopg2.OperationalError:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip("no PostgreSQL on 127.0.0.1:5432")
+    require_postgres(URL)
     monkeypatch.setenv("RECS_DATABASE_URL", URL)
     with lock.data_root_lock(None, config(tmp_path), "publish", "publish of run A") as held:
         second = lock.data_root_lock(None, config(tmp_path), "publish", "publish of run B")
