@@ -119,11 +119,11 @@ def read_text(spark: SparkSession, path: str) -> str:
 
 
 def write_text(spark: SparkSession, path: str, text: str) -> None:
-    """Write a small file so that readers see the old content or the new, never a part.
+    """Write a small file (stats, manifests, reports) so that readers never see a part of it.
 
-    The text goes to a temporary file beside the target, then is renamed over it
-    with OVERWRITE: atomic on local and HDFS; on object stores the final copy is a
-    single PUT, which readers also see whole.
+    The text goes to a temporary file beside the target, then is renamed over it with
+    OVERWRITE, which on local disk and S3A deletes the target first: a reader may briefly
+    find no file. The published pointer therefore never goes through here (`switch_pointer`).
     """
     jvm = spark.sparkContext._jvm
     fs, target = _fs_and_path(spark, path)

@@ -160,11 +160,15 @@ class RecsSparkSubmitOperator(SparkSubmitOperator):
 
     def error_record(self, since: float) -> dict | None:
         """The record the job wrote for this try (local data roots; elsewhere the log says it)."""
-        root = RecsConfig.load().data_root
+        try:
+            root = RecsConfig.load().data_root
+            args = [str(arg) for arg in self.application_args]
+            run_id = safe_run_id(args[args.index("--run-id") + 1])
+        except ValueError:  # a bad setting: the job's own exit says it
+            return None
         if not is_local(root):
             return None
-        args = [str(arg) for arg in self.application_args]
-        path = RunPaths(root.removeprefix("file://"), safe_run_id(args[args.index("--run-id") + 1])).error(self.task_id)
+        path = RunPaths(root.removeprefix("file://"), run_id).error(self.task_id)
         try:
             if os.path.getmtime(path) < since - 1:
                 return None  # an earlier try's
