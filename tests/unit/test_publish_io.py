@@ -128,3 +128,25 @@ def test_without_an_atomic_rename_the_newest_pointer_object_wins(spark, tmp_path
     assert len(objects) == io.KEEP_POINTER_OBJECTS + 1 and objects[-1] == f"{14:020d}"  # the newest + kept
     assert io.current_published_run(spark, published) == "v14"
     assert reader.current_version_dir(str(tmp_path)).endswith("/versions/v14")
+
+
+def test_pruning_and_cleaning_never_touch_a_served_version(spark, tmp_path, monkeypatch):
+    from recs.io import RunPaths
+    from recs.publish import MANIFEST, clean_leftovers, prune_versions
+
+    monkeypatch.delenv("RECS_DATABASE_URL", raising=False)
+    paths = RunPaths(str(tmp_path), "r9")
+    versions = tmp_path / "published" / "versions"
+    for i, name in enumerate(["v1", "v2", "v3", "v4"]):
+        (versions / name).mkdir(parents=True)
+        (versions / name / MANIFEST).write_text(f'{{"published_at": "2026-12-01T10:0{i}:00+00:00"}}')
+    (versions / "half-written").mkdir()  # killed before its manifest
+    (versions / "served-elsewhere").mkdir()  # no manifest, but named by a pointer: kept
+    (tmp_path / "published" / ".CURRENT.abc.tmp").write_text("v4\n")
+    from recs.config import RecsConfig
+
+    removed = clean_leftovers(spark, RecsConfig(data_root=str(tmp_path)), paths, {"served-elsewhere"})
+    assert sorted(removed) == [".CURRENT.abc.tmp", "half-written"]
+    # keep=1: the newest besides the served ones stays; v1, the oldest, is served (a rollback).
+    assert prune_versions(spark, paths, 1, {"v1", "v4"}) == ["v2"]
+    assert sorted(p.name for p in versions.iterdir()) == ["served-elsewhere", "v1", "v3", "v4"]
