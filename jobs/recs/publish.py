@@ -32,7 +32,7 @@ from pyspark.sql import functions as F
 
 from recs import io, lock, postgres, report
 from recs.config import RecsConfig
-from recs.errors import FinalError
+from recs.errors import FinalError, one_line
 from recs.faults import fault_point
 from recs.io import RunPaths
 
@@ -312,13 +312,14 @@ def publish(spark: SparkSession, config: RecsConfig, paths: RunPaths, held) -> d
         held.check()
         try:
             database = postgres.publish_if_configured(spark, config, paths, version, target)
-        except Exception:
+        except Exception as err:
             # A lost COMMIT acknowledgement raises too: if the swap did commit, this version
             # is served and must be finished, not deleted. Else leave the folder to the
             # next publish's clean-up (no reader can be using it).
             if (served_by_database(config) or (None,))[0] != version:
                 raise
-            log.warning("the database swap to %s committed though the client saw an error; going on", version)
+            log.warning("the database swap to %s committed though the client saw an error (%s); going on",
+                        version, one_line(str(err)))
             database = {"serving": version}
     log.info("publish gate: %s; run report: %s", gate["message"], paths.report)
     return finish(spark, config, paths, held, version, previous,
