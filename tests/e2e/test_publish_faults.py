@@ -178,10 +178,10 @@ def test_publish_survives_kills_and_failures_at_every_point(tmp_path, schema):
            "RECS_TEST_FAULT_DIR": str(faults), "RECS_LOCK_WAIT_SECONDS": "120"}
     tries = iter(range(100))
 
-    def paused(run_id: str, point: str, **more: str):
+    def paused(run_id: str, point: str):
         """Start a try that pauses at `point`; return it once it is there."""
         log = tmp_path / f"{run_id}-{next(tries)}-{point}.log"
-        process = submit_publish(package, run_id, {**env, "RECS_TEST_FAULT": f"{point}:pause", **more}, log)
+        process = submit_publish(package, run_id, {**env, "RECS_TEST_FAULT": f"{point}:pause"}, log)
         deadline = time.monotonic() + 300
         while not (faults / point).exists():
             assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
@@ -189,9 +189,9 @@ def test_publish_survives_kills_and_failures_at_every_point(tmp_path, schema):
         (faults / point).unlink()
         return process, log
 
-    def finished(run_id: str, fault: str = "") -> tuple[int, str]:
+    def finished(run_id: str, fault: str = "", **more: str) -> tuple[int, str]:
         log = tmp_path / f"{run_id}-{next(tries)}-{fault or 'clean'}.log"
-        code = run_publish(package, run_id, {**env, "RECS_TEST_FAULT": fault}, log)
+        code = run_publish(package, run_id, {**env, "RECS_TEST_FAULT": fault, **more}, log)
         return code, log.read_text()
 
     with Reader(data_root, schema) as reader:
@@ -226,12 +226,14 @@ def test_publish_survives_kills_and_failures_at_every_point(tmp_path, schema):
         assert [p.name for p in (data_root / "published" / "versions").glob("r2*")] == ["r2"]
         assert not (data_root / "published" / "versions" / "r2" / "_MANIFEST.json").exists()
 
-        # kill -9 right after the swap; the half-written r2 folder was cleaned first.
-        process, _ = paused("r2", "after_swap")
+        # kill -9 right after the swap. The half-written r2 folder was removed first (no reader
+        # ever saw it, no store knew it: its name is free again).
+        process, log = paused("r2", "after_swap")
         kill(process)
+        assert "removed what interrupted publishes left: ['r2']" in log.read_text()
         r2 = database_version(schema)
-        assert r2.startswith("r2.") and parquet_version(data_root) == r1
-        assert not (data_root / "published" / "versions" / "r2").exists()
+        assert r2 == "r2" and parquet_version(data_root) == r1
+        assert (data_root / "published" / "versions" / "r2" / "_MANIFEST.json").is_file()
 
         # The retry only finishes the pointer, and is killed at the switch.
         process, _ = paused("r2", "pointer")
@@ -241,7 +243,7 @@ def test_publish_survives_kills_and_failures_at_every_point(tmp_path, schema):
         # The next retry finishes; meanwhile another run's publish on the same root fails on
         # the lock, naming the holder.
         process, log = paused("r2", "pointer")
-        code, other = finished("r3")
+        code, other = finished("r3", RECS_LOCK_WAIT_SECONDS="3")
         assert code != 0
         assert "the publish lock of data root" in other and "is held by publish of run r2" in other, other[-3000:]
         record = json.loads((data_root / "runs" / "r3" / "errors" / "publish.json").read_text())
