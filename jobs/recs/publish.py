@@ -14,7 +14,9 @@ version folder. The order makes every crash point safe:
 A failure before 3 leaves both stores on the previous version. A failure after 3 (a kill,
 a lost COMMIT acknowledgement) deletes nothing: the retry finds that the database serves
 this run's version and only finishes 4 and 5, so both stores converge on one version.
-Version names are never reused: a retry that writes again gets a suffixed name.
+A complete version's name is never reused (a reader or the database may know it): a
+retry that writes again gets a suffixed name; a half-written folder that no store ever
+named is removed, and its name is free again.
 
 Every run writes `runs/<run id>/report.html`, published or refused by the gate.
 """
