@@ -318,7 +318,11 @@ def publish(spark: SparkSession, config: RecsConfig, paths: RunPaths, held) -> d
             # A lost COMMIT acknowledgement raises too: if the swap did commit, this version
             # is served and must be finished, not deleted. Else leave the folder to the
             # next publish's clean-up (no reader can be using it).
-            if (served_by_database(config) or (None,))[0] != version:
+            try:
+                committed = (served_by_database(config) or (None,))[0] == version
+            except Exception:  # noqa: BLE001 - the database is gone: the original error says why
+                committed = False
+            if not committed:
                 raise
             log.warning("the database swap to %s committed though the client saw an error (%s); going on",
                         version, one_line(str(err)))
