@@ -29,7 +29,10 @@ def error_record(step: str, err: BaseException, final: bool = False, environ: di
 
 def one_line(message: str, environ: dict[str, str] | None = None, limit: int = 2000) -> str:
     """The first line of `message`, every secret fragment masked, at most `limit` characters."""
-    line = (str(message).strip().splitlines() or [""])[0]
+    lines = [line.strip() for line in str(message).strip().splitlines() if line.strip()] or [""]
+    line = lines[0]
+    if line.startswith("An error occurred while calling") and len(lines) > 1:
+        line += " " + lines[1].lstrip(": ")  # py4j: the Java exception is on the next line
     return redact(line, environ)[:limit]
 
 

@@ -49,6 +49,10 @@ def test_the_one_line_error_masks_every_fragment_of_the_secrets():
                       "final": False}
     assert "keyphrase42" not in record["error"] and "s3cr" not in record["error"]
     assert errors.error_record("publish", errors.FinalError("refusing to publish run r"), environ={})["final"]
+    # A Java exception through py4j: its first line alone says nothing.
+    java = "An error occurred while calling o187.parquet.\n: java.io.FileNotFoundException: File x does not exist\n\tat"
+    assert errors.one_line(java, {}) == ("An error occurred while calling o187.parquet. "
+                                         "java.io.FileNotFoundException: File x does not exist")
 
 
 def test_the_airflow_side_masks_every_fragment_of_a_malformed_url(monkeypatch):
