@@ -24,7 +24,10 @@ class FinalError(RuntimeError):
 
 
 def error_record(step: str, err: BaseException, final: bool = False, environ: dict[str, str] | None = None) -> dict:
-    return {"step": step, "error": one_line(f"{step}: {err}", environ), "final": final or isinstance(err, FinalError)}
+    # The message as it is (a gate refusal starts with "refusing to publish", which alerts
+    # match on); the step is in its own field and in the task's name.
+    return {"step": step, "error": one_line(str(err) or type(err).__name__, environ),
+            "final": final or isinstance(err, FinalError)}
 
 
 def one_line(message: str, environ: dict[str, str] | None = None, limit: int = 2000) -> str:

@@ -45,7 +45,7 @@ def test_the_one_line_error_masks_every_fragment_of_the_secrets():
     for fragment in ("s3cr", "etX", "paZ", "w0rd9", "keyphrase42", "sk-test-0123456789", PASSWORD):
         assert fragment not in full, fragment
     record = errors.error_record("publish", RuntimeError(f"failed on {URL}"), environ=environ)
-    assert record == {"step": "publish", "error": f"publish: failed on {errors.redact(URL, environ)}",
+    assert record == {"step": "publish", "error": f"failed on {errors.redact(URL, environ)}",
                       "final": False}
     assert "keyphrase42" not in record["error"] and "s3cr" not in record["error"]
     assert errors.error_record("publish", errors.FinalError("refusing to publish run r"), environ={})["final"]
@@ -76,7 +76,7 @@ def test_a_failed_spark_submit_raises_the_jobs_own_line(tmp_path, monkeypatch, f
     monkeypatch.setenv("RECS_DATABASE_URL", URL)
     task = spark_tasks.spark_step("publish")
     task.application_args = ["--run-id", "manual__2026-12-01T10:00:00+00:00", "--params-json", "{}"]
-    line = "publish: refusing to publish run manual__2026-12-01T10_00_00_00_00: NDCG@10 = 0.1 is below ..."
+    line = "refusing to publish run manual__2026-12-01T10_00_00_00_00: NDCG@10 = 0.1 is below ..."
 
     def fail(self, context):  # spark-submit exits non-zero after the job wrote its record
         folder = tmp_path / "runs" / "manual__2026-12-01T10_00_00_00_00" / "errors"
