@@ -40,5 +40,6 @@ with DAG(
         spark_step("cluster"),
         spark_step("recommend"),
         spark_step("evaluate"),
-        spark_step("publish", outlets=[published_asset(config)]),
+        # none_failed: a run with `publish_run_id` skips the steps before and publishes an earlier run.
+        spark_step("publish", outlets=[published_asset(config)], trigger_rule="none_failed"),
     )

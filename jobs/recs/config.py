@@ -166,6 +166,16 @@ class RecsConfig:
         default="",
         metadata={"env": "RECS_GATE_OVERRIDE_REASON", "param": {"title": "Why the gate is overridden"}},
     )
+    # A run that only publishes an earlier run's tables (e.g. one the gate refused, with the
+    # override above): every other task skips. Not a pipeline setting but a run's choice.
+    publish_run_id: str = field(
+        default="",
+        metadata={"env": "RECS_PUBLISH_RUN_ID", "param": {
+            "title": "Publish an earlier run", "pattern": r"^[A-Za-z0-9_.:+-]*$", "maxLength": 250,
+            "description": "The run id of an earlier run (e.g. one the gate refused) whose tables this DAG run "
+                           "publishes, with the gate override above; every other task is skipped. Empty: a normal run.",
+        }},
+    )
 
     shuffle_partitions: int = field(default=8, metadata={"env": "RECS_SHUFFLE_PARTITIONS"})
     # Published versions kept besides the current one.
@@ -173,6 +183,17 @@ class RecsConfig:
     # PostgreSQL schema the publish step writes to when RECS_DATABASE_URL is set (recs/postgres.py;
     # the URL itself is a secret, read from the environment, never a setting).
     database_schema: str = field(default="recs", metadata={"env": "RECS_DATABASE_SCHEMA"})
+    # Bounds on the database waits of a publish: a lock held by a long reader, a stalled
+    # statement (the swap, an index build) fail the try instead of hanging the run.
+    database_lock_timeout_seconds: float = field(default=15.0, metadata={"env": "RECS_DATABASE_LOCK_TIMEOUT"})
+    database_statement_timeout_seconds: float = field(
+        default=600.0, metadata={"env": "RECS_DATABASE_STATEMENT_TIMEOUT"}
+    )
+    # The data root's lock (recs/lock.py), held by publish and by the embedding-cache
+    # writer: how long a second run waits for it before failing with the holder's name,
+    # and how long a lease file (no database) stays valid without its owner renewing it.
+    lock_wait_seconds: float = field(default=900.0, metadata={"env": "RECS_LOCK_WAIT_SECONDS"})
+    lock_lease_seconds: float = field(default=120.0, metadata={"env": "RECS_LOCK_LEASE_SECONDS"})
     # Every seeded fit (K-means, its silhouette sample, ALS) uses this seed, on rows put in
     # a fixed order and partitioning first: the same input gives the same tables anywhere.
     seed: int = field(default=42, metadata={"env": "RECS_SEED"})
@@ -211,6 +232,11 @@ class RecsConfig:
             raise ValueError(f"discovery_share must be in [0, 1), got {self.discovery_share}")
         if self.top_n < 1:
             raise ValueError(f"top_n must be at least 1, got {self.top_n}")
+        for name in ("database_lock_timeout_seconds", "database_statement_timeout_seconds", "lock_lease_seconds"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.lock_wait_seconds < 0:
+            raise ValueError(f"lock_wait_seconds must be 0 or more, got {self.lock_wait_seconds}")
         if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", self.database_schema):
             raise ValueError(f"database_schema must be a lower-case SQL identifier, got {self.database_schema!r}")
         if not 0 <= self.max_quarantine_share <= 1:

@@ -28,7 +28,7 @@ import pandas as pd
 
 from recs import postgres
 from recs.config import RecsConfig
-from recs.io import CURRENT_POINTER
+from recs.io import resolve_pointer
 from recs.metrics import best_baseline
 
 log = logging.getLogger(__name__)
@@ -48,26 +48,30 @@ def unknown_product(product_id: str) -> UnknownId:
     return UnknownId(f"unknown product {product_id!r}: it is not in the published catalog")
 
 
+def _read_or_none(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+
+
+def current_version_name(data_root: str) -> str | None:
+    """The version readers should use, found as the Spark jobs find it (recs.io.resolve_pointer)."""
+    published = os.path.join(data_root.removeprefix("file://"), "published")
+    return resolve_pointer(lambda folder: os.listdir(folder) if os.path.isdir(folder) else [], _read_or_none, published)
+
+
 def current_version_dir(data_root: str) -> str:
-    published = os.path.join(data_root, "published")
-    pointer = os.path.join(published, CURRENT_POINTER)
-    if not os.path.exists(pointer):
+    version = current_version_name(data_root)
+    published = os.path.join(data_root.removeprefix("file://"), "published")
+    if version is None:
         raise FileNotFoundError(f"nothing published yet under {published}: run the DAG first")
-    with open(pointer, encoding="utf-8") as handle:
-        return os.path.join(published, "versions", handle.read().strip())
+    return os.path.join(published, "versions", version)
 
 
 def published_table(data_root: str, table: str) -> pd.DataFrame:
     return pd.read_parquet(os.path.join(current_version_dir(data_root), table))
-
-
-def current_version_name(data_root: str) -> str | None:
-    pointer = os.path.join(data_root, "published", CURRENT_POINTER)
-    try:
-        with open(pointer, encoding="utf-8") as handle:
-            return handle.read().strip() or None
-    except FileNotFoundError:
-        return None
 
 
 def _ranked(table: pd.DataFrame, key: str) -> tuple[dict[str, tuple[int, int]], pd.DataFrame]:

@@ -28,7 +28,10 @@ def test_spark_submit_tasks_in_order(dag):
     for task in dag.tasks:
         assert isinstance(task, SparkSubmitOperator)
         assert task.application.endswith(f"jobs/{task.task_id}.py")
-        assert "{{ run_id }}" in task.application_args
+        run_id = task.application_args[task.application_args.index("--run-id") + 1]
+        assert run_id == ("{{ params.publish_run_id or run_id }}" if task.task_id == "publish" else "{{ run_id }}")
+    # A run that only publishes an earlier run skips the steps before publish.
+    assert dag.get_task("publish").trigger_rule == "none_failed"
 
 
 def test_daily_schedule_and_publish_updates_an_asset(dag):
