@@ -22,20 +22,6 @@ def jdbc_jars() -> str:
     return os.environ.get("RECS_JDBC_JARS") or (JDBC_JAR if os.path.exists(JDBC_JAR) else "")
 
 
-TEST_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-def require_postgres(url: str = TEST_DATABASE_URL) -> None:
-    """Skip without the test server, except in CI (`CI` set), where its absence fails the test."""
-    psycopg2 = pytest.importorskip("psycopg2")
-    try:
-        psycopg2.connect(url, connect_timeout=5).close()
-    except psycopg2.OperationalError:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip("no PostgreSQL on 127.0.0.1:5432 (database test)")
-
-
 @pytest.fixture(scope="session")
 def spark():
     # py4j logs at INFO while closing connections at interpreter exit, after pytest has

@@ -16,3 +16,18 @@ def require(available: bool, what: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{what}, and CI is set: the run needs it", pytrace=False)
     pytest.skip(what)
+
+
+TEST_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def require_postgres(url: str = TEST_DATABASE_URL) -> None:
+    """`require` the test server (127.0.0.1:5432, database `test`) to answer at `url`."""
+    import psycopg2
+
+    try:
+        psycopg2.connect(url, connect_timeout=5).close()
+        up = True
+    except psycopg2.OperationalError:
+        up = False
+    require(up, "no PostgreSQL on 127.0.0.1:5432 (database test)")

@@ -28,10 +28,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import require_postgres
 from publish_runs import build_zip, kill, prepare_run, run_publish, submit_publish
 from recs import postgres
 from recs.reader import current_version_dir
+from resources import require_postgres
 
 pytestmark = pytest.mark.e2e
 URL = "postgresql://postgres@127.0.0.1:5432/test"

@@ -33,7 +33,7 @@ from recs.config import safe_run_id
 from recs.reader import current_version_dir
 from recs.synthetic import ShopSize, write_shop
 from recs_airflow import local_run
-from resources import require
+from resources import require_postgres
 from serving_checks import free_port, stop
 
 pytestmark = pytest.mark.e2e
@@ -98,12 +98,7 @@ def standalone_cluster(tmp_path_factory):
 def pg_schema():
     import psycopg2
 
-    try:
-        psycopg2.connect(host="127.0.0.1", port=5432, dbname="test", user="postgres", connect_timeout=5).close()
-        up = True
-    except psycopg2.OperationalError:
-        up = False
-    require(up, "no PostgreSQL on 127.0.0.1:5432 (database test)")
+    require_postgres()
     name = f"recs_e2e_{uuid.uuid4().hex[:10]}"
     yield name
     connection = psycopg2.connect(host="127.0.0.1", port=5432, dbname="test", user="postgres")

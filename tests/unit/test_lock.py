@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from conftest import require_postgres
 from recs import lock
 from recs.config import RecsConfig
+from resources import require_postgres
 
 URL = "postgresql://postgres@127.0.0.1:5432/test"
 

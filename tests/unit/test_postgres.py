@@ -19,24 +19,16 @@ import pytest
 from recs import postgres, reader
 from recs.config import RecsConfig
 from recs.io import RunPaths
-from resources import require
+from resources import require_postgres
 
 PASSWORD = f"pw-{uuid.uuid4().hex[:12]}"
 URL = f"postgresql://postgres:{PASSWORD}@127.0.0.1:5432/test"
 TABLES = ("popular_products", "product_clusters", "run_summary", "similar_products", "user_recommendations")
 
 
-def _server_up() -> bool:
-    try:
-        postgres.Database.from_url(URL).connect().close()
-        return True
-    except postgres.DatabaseError:
-        return False
-
-
 @pytest.fixture(autouse=True, scope="module")
 def _postgres_up():
-    require(_server_up(), "no PostgreSQL on 127.0.0.1:5432 (database test)")
+    require_postgres(URL)
 
 
 @pytest.fixture
