@@ -12,7 +12,7 @@ INPUT ?=
 FORMAT ?=
 CONF ?= {}
 
-.PHONY: run test setup jdbc-driver demo-shop unit e2e lint recs similar summary rollback airflow-ui clean
+.PHONY: run test setup jdbc-driver browser demo-shop unit e2e lint recs similar summary rollback serve airflow-ui clean
 
 setup: $(STAMP) jdbc-driver
 
@@ -41,32 +41,46 @@ run: setup
 	PYTHONPATH=plugins $(BIN)/python -m recs_airflow.local_run \
 		$(if $(INPUT),--input "$(INPUT)") $(if $(FORMAT),--format "$(FORMAT)") --conf '$(CONF)'
 
+# Headless Chromium for the browser test of the pages (tests/e2e/test_serving.py): Debian's
+# package, installed only when missing.
+browser:
+	@command -v chromium >/dev/null || ! command -v apt-get >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) || true
+	@command -v chromium >/dev/null || echo "note: no chromium: the browser test of the pages will fail under CI"
+
 # Two test processes, a file each at a time: the end-to-end DAG runs wait on JVM starts
 # as much as they compute.
 TEST_WORKERS ?= 2
-test: setup
+test: setup browser
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -rs -p no:cacheprovider --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 unit: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not e2e"
+	$(BIN)/python -m pytest -q -rs -p no:cacheprovider -m "not e2e"
 
-e2e: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m e2e
+e2e: setup browser
+	$(BIN)/python -m pytest -q -rs -p no:cacheprovider -m e2e
 
 lint: setup
 	$(BIN)/ruff check .
 
-# Look at what was published: make recs USER=U00042 / make similar PRODUCT=P00017
-# (USER defaults to your login name, which has no history: you get the popular products.)
+# Look at what was published: make recs CUSTOMER=U00042 / make similar PRODUCT=P00017
+# (CUSTOMER, not USER: the shell sets USER to your login name.)
+CUSTOMER ?=
+PRODUCT ?=
 recs: setup
-	@$(BIN)/python -m recs.reader user "$(USER)"
+	@$(BIN)/python -m recs.reader user "$(CUSTOMER)"
 
 similar: setup
 	@$(BIN)/python -m recs.reader similar "$(PRODUCT)"
 
 summary: setup
 	@$(BIN)/python -m recs.reader summary
+
+# The API and pages on http://127.0.0.1:8000 (/docs, /runs): PostgreSQL when RECS_DATABASE_URL
+# is set, else the Parquet tables under RECS_DATA_ROOT (README, "Serving").
+serve: setup
+	$(BIN)/python -m recs.serving
 
 # Back to the previous published version: PostgreSQL (when RECS_DATABASE_URL is set) and
 # a local published/CURRENT. `python -m recs.postgres versions` lists them.

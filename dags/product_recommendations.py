@@ -8,6 +8,7 @@ import pendulum
 from airflow.sdk import DAG, chain
 
 from recs.config import RecsConfig
+from recs_airflow.alerts import alert_notifiers
 from recs_airflow.params import dag_params
 from recs_airflow.spark_tasks import published_asset, spark_step
 
@@ -22,7 +23,14 @@ with DAG(
     max_active_runs=1,
     params=dag_params(config),
     tags=["recommendations", "spark"],
-    default_args={"retries": 1, "retry_delay": pendulum.duration(minutes=2)},
+    dagrun_timeout=pendulum.duration(minutes=config.dag_run_timeout_minutes),
+    default_args={
+        "retries": 1,
+        "retry_delay": pendulum.duration(minutes=2),
+        "execution_timeout": pendulum.duration(minutes=config.task_timeout_minutes),
+        # E-mail and/or webhook when a task fails for good or publishing is refused (none when not configured).
+        "on_failure_callback": alert_notifiers(config),
+    },
     doc_md=__doc__,
 ):
     chain(
@@ -32,5 +40,6 @@ with DAG(
         spark_step("cluster"),
         spark_step("recommend"),
         spark_step("evaluate"),
-        spark_step("publish", outlets=[published_asset(config)]),
+        # none_failed: a run with `publish_run_id` skips the steps before and publishes an earlier run.
+        spark_step("publish", outlets=[published_asset(config)], trigger_rule="none_failed"),
     )

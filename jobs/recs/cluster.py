@@ -15,6 +15,7 @@ from pyspark.sql import functions as F
 from recs import io
 from recs.config import RecsConfig
 from recs.io import RunPaths, write_table
+from recs.ordering import fixed_order
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,10 @@ def assign_clusters(model: PipelineModel, points: DataFrame) -> DataFrame:
 
 
 def run(spark: SparkSession, config: RecsConfig, paths: RunPaths) -> dict:
-    points = io.read_table(spark, paths.table("pca")).withColumn("pca_vector", array_to_vector("pca")).cache()
+    points = fixed_order(
+        io.read_table(spark, paths.table("pca")).withColumn("pca_vector", array_to_vector("pca")),
+        ["product_id"], config.shuffle_partitions,
+    ).cache()
     products = points.count()
     if config.k:
         k, curve = min(config.k, products - 1), {}

@@ -33,12 +33,38 @@ def _env_bool(value: str) -> bool:
 @dataclass(frozen=True)
 class RecsConfig:
     # Where everything is read and written: a local folder or any Hadoop URI.
+    # Not a DAG param: a run's conf must not write into another root.
     data_root: str = field(default="data", metadata={"env": "RECS_DATA_ROOT"})
-    # The raw input: a folder with products.* and events.* (contract), or a raw file.
-    input_path: str = field(default="data/demo_shop", metadata={"env": "RECS_INPUT"})
-    input_format: str = field(default="contract", metadata={"env": "RECS_INPUT_FORMAT"})
+    # The raw input: a folder with products.* and events.* (contract), or a raw file. It
+    # must resolve under one of input_roots (symlinks and `..` resolved first).
+    input_path: str = field(
+        default="data/demo_shop",
+        metadata={"env": "RECS_INPUT", "param": {
+            "title": "Input", "minLength": 1,
+            "description": "Folder with products.* and events.* (contract), or the raw file to import; "
+                           "under RECS_INPUT_ROOTS.",
+        }},
+    )
+    input_format: str = field(
+        default="contract",
+        metadata={"env": "RECS_INPUT_FORMAT", "param": {
+            "title": "Input format", "enum": list(INPUT_FORMATS),
+            "description": "contract: the documented products/events tables; online_retail: the UCI CSV.",
+        }},
+    )
+    # Where inputs may be read from, separated by commas: local folders or URI prefixes.
+    # Empty: the data root, the repository's data/ and ../shared/data beside the repository.
+    input_roots: str = field(default="", metadata={"env": "RECS_INPUT_ROOTS"})
+    # More than this share of the events quarantined fails preprocess: the input is broken.
+    max_quarantine_share: float = field(default=0.2, metadata={"env": "RECS_MAX_QUARANTINE_SHARE"})
 
-    embedding_backend: str = field(default="auto", metadata={"env": "EMBEDDING_BACKEND"})
+    embedding_backend: str = field(
+        default="auto",
+        metadata={"env": "EMBEDDING_BACKEND", "param": {
+            "title": "Embedding backend", "enum": list(EMBEDDING_BACKENDS),
+            "description": "auto: OpenAI when OPENAI_API_KEY is set, else the offline model. hashing is for tests.",
+        }},
+    )
     # Empty means the backend's own default model.
     embedding_model: str = field(default="", metadata={"env": "EMBEDDING_MODEL"})
     embedding_batch_size: int = field(default=64, metadata={"env": "EMBEDDING_BATCH_SIZE"})
@@ -59,13 +85,33 @@ class RecsConfig:
         default=0.02, metadata={"env": "EMBEDDING_PRICE_PER_1M_TOKENS"}
     )
 
-    pca_dimensions: int = field(default=32, metadata={"env": "RECS_PCA_DIMENSIONS"})
+    pca_dimensions: int = field(
+        default=32,
+        metadata={"env": "RECS_PCA_DIMENSIONS", "param": {"title": "PCA dimensions", "minimum": 2, "maximum": 1024}},
+    )
     # 0 means: choose k by silhouette between k_min and k_max.
-    k: int = field(default=0, metadata={"env": "RECS_K"})
-    k_min: int = field(default=4, metadata={"env": "RECS_K_MIN"})
-    k_max: int = field(default=24, metadata={"env": "RECS_K_MAX"})
+    k: int = field(
+        default=0,
+        metadata={"env": "RECS_K", "param": {
+            "title": "Clusters (k)", "minimum": 0, "maximum": 1000,
+            "description": "0 chooses k by silhouette between k_min and k_max.",
+        }},
+    )
+    k_min: int = field(
+        default=4,
+        metadata={"env": "RECS_K_MIN", "param": {"title": "Smallest k to try", "minimum": 2, "maximum": 1000}},
+    )
+    k_max: int = field(
+        default=24,
+        metadata={"env": "RECS_K_MAX", "param": {"title": "Largest k to try", "minimum": 2, "maximum": 1000}},
+    )
 
-    top_n: int = field(default=10, metadata={"env": "RECS_TOP_N"})
+    top_n: int = field(
+        default=10,
+        metadata={"env": "RECS_TOP_N", "param": {
+            "title": "Recommendations per user and product", "minimum": 1, "maximum": 500,
+        }},
+    )
     # Neighbours kept per product in each item-item signal.
     neighbours_per_product: int = field(default=50, metadata={"env": "RECS_NEIGHBOURS"})
     view_weight: float = field(default=1.0, metadata={"env": "RECS_VIEW_WEIGHT"})
@@ -109,8 +155,27 @@ class RecsConfig:
     # or more than this share below the last published run's ...
     gate_tolerance: float = field(default=0.1, metadata={"env": "RECS_GATE_TOLERANCE"})
     # ... unless an operator overrides it for one run (a DAG param; the reason is kept).
-    gate_override: bool = field(default=False, metadata={"env": "RECS_GATE_OVERRIDE"})
-    gate_override_reason: str = field(default="", metadata={"env": "RECS_GATE_OVERRIDE_REASON"})
+    gate_override: bool = field(
+        default=False,
+        metadata={"env": "RECS_GATE_OVERRIDE", "param": {
+            "title": "Publish even if the quality gate fails",
+            "description": "For this run only; the reason below is recorded in run_summary and the report.",
+        }},
+    )
+    gate_override_reason: str = field(
+        default="",
+        metadata={"env": "RECS_GATE_OVERRIDE_REASON", "param": {"title": "Why the gate is overridden"}},
+    )
+    # A run that only publishes an earlier run's tables (e.g. one the gate refused, with the
+    # override above): every other task skips. Not a pipeline setting but a run's choice.
+    publish_run_id: str = field(
+        default="",
+        metadata={"env": "RECS_PUBLISH_RUN_ID", "param": {
+            "title": "Publish an earlier run", "pattern": r"^[A-Za-z0-9_.:+-]*$", "maxLength": 250,
+            "description": "The run id of an earlier run (e.g. one the gate refused) whose tables this DAG run "
+                           "publishes, with the gate override above; every other task is skipped. Empty: a normal run.",
+        }},
+    )
 
     shuffle_partitions: int = field(default=8, metadata={"env": "RECS_SHUFFLE_PARTITIONS"})
     # Local runs (`local[*]`) only, where the driver JVM is the whole of Spark: its heap
@@ -124,7 +189,37 @@ class RecsConfig:
     # PostgreSQL schema the publish step writes to when RECS_DATABASE_URL is set (recs/postgres.py;
     # the URL itself is a secret, read from the environment, never a setting).
     database_schema: str = field(default="recs", metadata={"env": "RECS_DATABASE_SCHEMA"})
+    # Bounds on the database waits of a publish: a lock held by a long reader, a stalled
+    # statement (the swap, an index build) fail the try instead of hanging the run.
+    database_lock_timeout_seconds: float = field(default=15.0, metadata={"env": "RECS_DATABASE_LOCK_TIMEOUT"})
+    database_statement_timeout_seconds: float = field(
+        default=600.0, metadata={"env": "RECS_DATABASE_STATEMENT_TIMEOUT"}
+    )
+    # The data root's lock (recs/lock.py), held by publish and by the embedding-cache
+    # writer: how long a second run waits for it before failing with the holder's name,
+    # and how long a lease file (no database) stays valid without its owner renewing it.
+    lock_wait_seconds: float = field(default=900.0, metadata={"env": "RECS_LOCK_WAIT_SECONDS"})
+    lock_lease_seconds: float = field(default=120.0, metadata={"env": "RECS_LOCK_LEASE_SECONDS"})
+    # Every seeded fit (K-means, its silhouette sample, ALS) uses this seed, on rows put in
+    # a fixed order and partitioning first: the same input gives the same tables anywhere.
     seed: int = field(default=42, metadata={"env": "RECS_SEED"})
+    # Airflow: a task running longer is failed (its spark-submit killed), and so is a DAG run,
+    # so that a stall cannot hold back the runs queued behind it.
+    task_timeout_minutes: int = field(default=180, metadata={"env": "RECS_TASK_TIMEOUT_MINUTES"})
+    dag_run_timeout_minutes: int = field(default=720, metadata={"env": "RECS_DAG_RUN_TIMEOUT_MINUTES"})
+
+    # The HTTP service (recs.serving, `make serve`): where it listens, and its PostgreSQL
+    # connection pool (one connection per request in flight).
+    serving_host: str = field(default="127.0.0.1", metadata={"env": "RECS_SERVING_HOST"})
+    serving_port: int = field(default=8000, metadata={"env": "RECS_SERVING_PORT"})
+    serving_pool_size: int = field(default=16, metadata={"env": "RECS_SERVING_POOL_SIZE"})
+
+    # Alerts of failed tasks and refused publishes (plugins/recs_airflow/alerts.py), off
+    # when neither is set: e-mail to these comma-separated addresses through the SMTP
+    # connection named here (a webhook is RECS_ALERT_WEBHOOK_URL, a secret: environment only).
+    alert_email_to: str = field(default="", metadata={"env": "RECS_ALERT_EMAIL_TO"})
+    alert_email_from: str = field(default="", metadata={"env": "RECS_ALERT_EMAIL_FROM"})
+    alert_smtp_conn_id: str = field(default="smtp_default", metadata={"env": "RECS_ALERT_SMTP_CONN_ID"})
 
     def __post_init__(self) -> None:
         if self.input_format not in INPUT_FORMATS:
@@ -146,8 +241,20 @@ class RecsConfig:
         for name in ("driver_memory", "driver_max_result_size"):
             if getattr(self, name) and not re.fullmatch(r"\d+[kmgt]?", getattr(self, name).lower()):
                 raise ValueError(f"{name} must be a JVM size like 512m or 6g, got {getattr(self, name)!r}")
+        for name in ("database_lock_timeout_seconds", "database_statement_timeout_seconds", "lock_lease_seconds"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.lock_wait_seconds < 0:
+            raise ValueError(f"lock_wait_seconds must be 0 or more, got {self.lock_wait_seconds}")
         if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", self.database_schema):
             raise ValueError(f"database_schema must be a lower-case SQL identifier, got {self.database_schema!r}")
+        if not 0 <= self.max_quarantine_share <= 1:
+            raise ValueError(f"max_quarantine_share must be in [0, 1], got {self.max_quarantine_share}")
+        if self.task_timeout_minutes < 1 or self.dag_run_timeout_minutes < 1:
+            raise ValueError(
+                f"timeouts must be at least 1 minute, got task {self.task_timeout_minutes}, "
+                f"DAG run {self.dag_run_timeout_minutes}"
+            )
 
     @property
     def event_weights(self) -> dict[str, float]:
@@ -179,6 +286,64 @@ class RecsConfig:
 
 _FIELDS = {f.name: f for f in dataclasses.fields(RecsConfig)}
 SETTING_NAMES = frozenset(_FIELDS)
+# What a DAG run may set (the trigger form, plugins/recs_airflow/params.py): the fields
+# marked "param". Everything else comes from the operator's environment only.
+DAG_PARAMS = {name: f.metadata["param"] for name, f in _FIELDS.items() if "param" in f.metadata}
+
+
+def settings_from_params(params: dict[str, Any]) -> dict[str, Any]:
+    """A DAG run's params as setting overrides, refusing any key the form does not have.
+
+    Airflow merges every key of a run's conf into its params (core.dag_run_conf_overrides_params),
+    so anyone allowed to trigger a run could otherwise set the data root, the schema or
+    what is kept; such a run fails at its first task instead, naming the keys.
+    """
+    unknown = sorted(set(params) - set(DAG_PARAMS))
+    if unknown:
+        raise ValueError(f"not DAG params, refused: {unknown} (a run may set only {sorted(DAG_PARAMS)})")
+    return dict(params)
+
+
+def _repository() -> Path | None:
+    """The checkout holding jobs/recs, also when this module is imported from the zip in
+    <repo>/dist (py_files); None where the package travelled alone (a cluster-mode driver)."""
+    return next((folder for folder in Path(__file__).resolve().parents if (folder / "jobs" / "recs").is_dir()), None)
+
+
+def input_roots(config: RecsConfig) -> list[str]:
+    """RECS_INPUT_ROOTS, or: the data root, the repository's data/ and ../shared/data."""
+    if config.input_roots.strip():
+        return [absolute_location(root.strip()) for root in config.input_roots.split(",") if root.strip()]
+    repository = _repository()
+    extra = [str(repository / "data"), str(repository.parent / "shared" / "data")] if repository else []
+    return [config.data_root, *extra]
+
+
+def check_input_path(config: RecsConfig) -> None:
+    """Refuse an input_path outside the input roots, after resolving symlinks and `..`,
+    so that a run's params cannot make a job read (and quote) any file it can reach."""
+    roots = input_roots(config)
+    location = config.input_path
+    if location.startswith("file:///"):
+        location = location.removeprefix("file://")
+    if "://" in location:
+        # A URI cannot be resolved from here: it must name no parent segment and start with a root.
+        inside = ".." not in location.split("/") and any(
+            location.rstrip("/") == root.rstrip("/") or location.startswith(root.rstrip("/") + "/")
+            for root in roots if "://" in root
+        )
+        resolved = location
+    else:
+        resolved = os.path.realpath(location)
+        inside = any(
+            os.path.commonpath([resolved, os.path.realpath(root)]) == os.path.realpath(root)
+            for root in roots if "://" not in root
+        )
+    if not inside:
+        raise ValueError(
+            f"input_path {config.input_path!r} (resolves to {resolved}) is outside the input roots {roots}; "
+            "set RECS_INPUT_ROOTS to allow another folder"
+        )
 
 
 def _coerce(f: dataclasses.Field, value: Any) -> Any:

@@ -34,12 +34,23 @@ def quarantined(rows: DataFrame, source: str) -> DataFrame:
 
 
 def as_strings(df: DataFrame, columns: tuple[str, ...], source: str) -> DataFrame:
-    """Select the contract's columns as strings; a missing required column is a clear error."""
-    missing = [c for c in columns if c not in df.columns]
+    """Select the contract's columns as strings; a missing required column is a clear error.
+
+    Header names match whatever their case and surrounding blanks (`PRODUCT_ID`)."""
+    by_name = {}
+    for found in df.columns:
+        by_name.setdefault(found.strip().lower(), found)
+    missing = [c for c in columns if c not in by_name]
     optional = {"description", "category", "price", "quantity"}
     required_missing = [c for c in missing if c not in optional]
     if required_missing:
-        raise ValueError(f"{source}: missing required column(s) {required_missing}; found {df.columns}")
+        hint = ""
+        if len(df.columns) == 1 and any(sep in df.columns[0] for sep in ";\t|"):
+            hint = " (the header is one column: the contract's CSV files are comma-separated)"
+        raise ValueError(f"{source}: missing required column(s) {required_missing}; found {df.columns}{hint}")
     return df.select(
-        *[(F.col(c).cast("string") if c in df.columns else F.lit(None).cast("string")).alias(c) for c in columns]
+        *[
+            (F.col(f"`{by_name[c]}`").cast("string") if c in by_name else F.lit(None).cast("string")).alias(c)
+            for c in columns
+        ]
     )

@@ -30,7 +30,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from recs import io
+from recs import io, lock
 from recs.config import RecsConfig
 from recs.embeddings import create_backend, resolve_backend_name
 from recs.io import RunPaths, write_table
@@ -140,6 +140,13 @@ def _learn_dimensions(spark: SparkSession, paths: RunPaths, backend, products: D
 
 
 def run(spark: SparkSession, config: RecsConfig, paths: RunPaths) -> dict:
+    # One cache writer per data root (recs/lock.py): a second run waits, then finds the
+    # texts the first one paid for in the cache, instead of paying for them again.
+    with lock.data_root_lock(spark, config, "embedding_cache", f"embed of run {paths.run_id}"):
+        return embed_products(spark, config, paths)
+
+
+def embed_products(spark: SparkSession, config: RecsConfig, paths: RunPaths) -> dict:
     backend_name, why = resolve_backend_name(config)
     backend = create_backend(backend_name, config)
     driver_stats_before = backend.stats()

@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from recs import io
 from recs.contract import (
@@ -51,33 +52,112 @@ def read_source(spark: SparkSession, input_path: str, input_format: str) -> Sour
     if input_format == "contract":
         return read_contract(spark, input_path)
     if input_format == "online_retail":
-        return import_online_retail(read_csv(spark, input_path))
+        raw, malformed = read_csv(spark, input_path, "online_retail")
+        source = import_online_retail(raw)
+        source.skipped = malformed.unionByName(source.skipped)
+        return source
     if input_format == "amazon_reviews":
         return import_amazon_reviews(spark, input_path)
     raise ValueError(f"unknown input format {input_format!r}")
 
 
-def read_csv(spark: SparkSession, path: str) -> DataFrame:
-    # Every column as a string: validation happens in preprocess, with reasons.
-    return (
-        spark.read.option("header", True)
-        .option("multiLine", True)
-        .option("escape", '"')
-        .option("inferSchema", False)
-        .option("mode", "PERMISSIVE")
-        .csv(path)
+CORRUPT = "_corrupt_record"
+MALFORMED_ROW = "malformed CSV row (unbalanced quote or wrong number of fields)"
+
+
+def read_csv(spark: SparkSession, path: str, source: str) -> tuple[DataFrame, DataFrame]:
+    """A CSV file with a header, every column a string (validation happens in preprocess,
+    with reasons) -> (well-formed rows, malformed rows as quarantine rows of `source`).
+
+    Read line by line unless the file needs `multiLine` (a quoted field holding a line
+    break): in multiLine mode one stray quote swallows every row up to the next quote. So
+    multiLine is used only when the line-by-line read finds malformed rows and the
+    multiLine read finds none; otherwise the damage stays on the lines it is on.
+    """
+    columns = _header(spark, path)
+    schema = T.StructType([T.StructField(c, T.StringType()) for c in (*columns, CORRUPT)])
+
+    def read(multi_line: bool) -> DataFrame:
+        # Cached: a row is checked against the header only when all its columns are parsed,
+        # and a query that needs fewer (column pruning) would let a short row through.
+        return (
+            spark.read.schema(schema)
+            .option("header", True)
+            .option("multiLine", multi_line)
+            .option("escape", '"')
+            .option("mode", "PERMISSIVE")
+            .option("columnNameOfCorruptRecord", CORRUPT)
+            .option("enforceSchema", True)
+            .csv(path)
+            .cache()
+        )
+
+    rows = read(multi_line=False)
+    if _malformed_count(rows):
+        multi = read(multi_line=True)
+        if _malformed_count(multi):
+            multi.unpersist()
+        else:
+            log.info("%s holds quoted line breaks: read with multiLine", path)
+            rows.unpersist()
+            rows = multi
+    _check_utf8(rows, columns, path)
+    malformed = rows.where(F.col(CORRUPT).isNotNull()).select(
+        F.lit(source).alias("source"), F.lit(MALFORMED_ROW).alias("reason"), F.col(CORRUPT).alias("record")
     )
+    return rows.where(F.col(CORRUPT).isNull()).drop(CORRUPT), malformed
 
 
-def _find_table(spark: SparkSession, folder: str, name: str) -> DataFrame:
+def _header(spark: SparkSession, path: str) -> list[str]:
+    columns = spark.read.option("header", True).option("escape", '"').csv(path).columns
+    if not columns:
+        raise ValueError(f"{path} is empty: expected a header line, then one row per line")
+    # A UTF-8 byte order mark or blanks around a name are not part of it.
+    return [column.replace("\ufeff", "").strip() for column in columns]
+
+
+def _check_utf8(rows: DataFrame, columns: list[str], path: str) -> None:
+    """Spark decodes CSV as UTF-8 and turns any other byte into U+FFFD: a Latin-1 or
+    Windows-1252 export would go on with mangled titles and ids. Name the file and column."""
+    flags = rows.select(
+        *[F.max(F.col(f"`{c}`").contains(REPLACEMENT)).alias(str(i)) for i, c in enumerate(columns)]
+    ).first()
+    for i, column in enumerate(columns):
+        if flags[str(i)]:
+            sample = rows.where(F.col(f"`{column}`").contains(REPLACEMENT)).select(f"`{column}`").first()[0]
+            raise ValueError(
+                f"{path}: column {column} holds bytes that are not UTF-8 (e.g. {sample[:60]!r}); "
+                "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+            )
+
+
+REPLACEMENT = "\ufffd"
+
+
+def _malformed_count(rows: DataFrame) -> int:
+    return rows.where(F.col(CORRUPT).isNotNull()).count()
+
+
+def _find_table(spark: SparkSession, folder: str, name: str) -> tuple[DataFrame, DataFrame]:
+    """The contract table `name` in `folder` -> (rows, malformed rows as quarantine rows)."""
     for candidate in (f"{name}.parquet", name, f"{name}.csv", f"{name}.csv.gz"):
         path = f"{folder}/{candidate}"
         if io.exists(spark, path):
             is_parquet = candidate.endswith(".parquet") or (candidate == name and _holds_parquet(spark, path))
-            return spark.read.parquet(path) if is_parquet else read_csv(spark, path)
+            if is_parquet:
+                return as_strings(spark.read.parquet(path), _COLUMNS[name], path), _no_rows(spark)
+            rows, malformed = read_csv(spark, path, name)
+            return as_strings(rows, _COLUMNS[name], path), malformed
     raise FileNotFoundError(
         f"no {name} table in {folder}: expected {name}.csv, {name}.csv.gz, {name}.parquet or a {name}/ folder"
     )
+
+
+_COLUMNS = {"products": PRODUCT_COLUMNS, "events": EVENT_COLUMNS}
+
+
+def _no_rows(spark: SparkSession) -> DataFrame:
+    return spark.createDataFrame([], QUARANTINE_SCHEMA)
 
 
 def _holds_parquet(spark: SparkSession, folder: str) -> bool:
@@ -85,9 +165,9 @@ def _holds_parquet(spark: SparkSession, folder: str) -> bool:
 
 
 def read_contract(spark: SparkSession, folder: str) -> Source:
-    products = as_strings(_find_table(spark, folder, "products"), PRODUCT_COLUMNS, "products")
-    events = as_strings(_find_table(spark, folder, "events"), EVENT_COLUMNS, "events")
-    return Source(products, events, spark.createDataFrame([], QUARANTINE_SCHEMA))
+    products, malformed_products = _find_table(spark, folder, "products")
+    events, malformed_events = _find_table(spark, folder, "events")
+    return Source(products, events, malformed_products.unionByName(malformed_events))
 
 
 ONLINE_RETAIL_COLUMNS = (

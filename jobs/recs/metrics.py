@@ -67,3 +67,17 @@ def metrics_at_k(
         "novelty": novelty(top, buyers, train_users),
         "users": float(top.shape[0]),
     }
+
+
+# The run's own lists and its ablations; every other method in run_metrics is a baseline.
+OUR_METHODS = ("published", "without_text", "without_time")
+
+
+def best_baseline(metrics, metric: str = "ndcg") -> tuple[str | None, float | None]:
+    """The baseline with the best `metric` over all users in a run_metrics table, and its value."""
+    overall = metrics[(metrics["segment"] == "all") & (metrics["metric"] == metric)].set_index("method")["value"]
+    baselines = overall.drop(labels=list(OUR_METHODS), errors="ignore")
+    if baselines.empty:
+        return None, None
+    best = baselines.idxmax()
+    return str(best), float(baselines[best])

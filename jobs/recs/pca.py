@@ -13,6 +13,7 @@ from pyspark.sql import functions as F
 from recs import io
 from recs.config import RecsConfig
 from recs.io import RunPaths, write_table
+from recs.ordering import fixed_order
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,8 @@ def explained_variance(model: PipelineModel) -> list[float]:
 
 
 def run(spark: SparkSession, config: RecsConfig, paths: RunPaths) -> dict:
-    embeddings = io.read_table(spark, paths.table("embeddings")).cache()
+    embeddings = fixed_order(io.read_table(spark, paths.table("embeddings")), ["product_id"], config.shuffle_partitions)
+    embeddings = embeddings.cache()
     products = embeddings.count()
     embedding_size = len(embeddings.select(F.col("embedding")).first()["embedding"])
     dimensions = effective_dimensions(config.pca_dimensions, embedding_size, products)

@@ -65,9 +65,12 @@ INDEXES: dict[str, list[tuple[tuple[str, ...], bool]]] = {
     "popular_products": [(("rank",), False)],
 }
 JDBC_OPTIONS = {"driver": "org.postgresql.Driver", "batchsize": "10000", "numPartitions": "4"}
+# URL parameters printed as they are; every other one (sslpassword, ...) may be a secret.
+SAFE_PARAMS = frozenset({"sslmode", "connect_timeout", "application_name", "target_session_attrs", "gssencmode",
+                         "channel_binding", "sslrootcert", "keepalives", "keepalives_idle"})
 MAX_IDENTIFIER = 63
-LOCK_TIMEOUT = "15s"
 SWAP_ATTEMPTS = 3
+STAGING = re.compile(r"(?P<table>[a-z_]+)__v_(?P<key>[a-z0-9_]+)")
 
 
 class DatabaseError(RuntimeError):
@@ -86,33 +89,49 @@ class Database:
     dbname: str
     user: str = ""
     password: str = field(default="", repr=False)
-    params: tuple[tuple[str, str], ...] = ()
+    params: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     @classmethod
     def from_url(cls, url: str) -> Database:
-        parts = urlsplit(url)
-        if parts.scheme not in ("postgresql", "postgres"):
-            raise DatabaseError(f"{URL_VARIABLE} must start with postgresql://, got {parts.scheme or 'no'} scheme")
-        params = tuple((k, v) for k, v in parse_qsl(parts.query) if k not in ("user", "password"))
+        """Parse leniently: a password with an unencoded `/`, `#`, `?` or `@` still splits at
+        the last `@`, and no error message ever quotes a piece of the URL."""
+        userinfo, hostport, query = split_url(url)
+        user, _, password = userinfo.partition(":")
+        host, port = hostport, ""
+        if hostport.startswith("["):
+            host, _, port = hostport[1:].partition("]")
+            port = port.removeprefix(":")
+        elif hostport.count(":") == 1:
+            host, _, port = hostport.partition(":")
+        if port and not port.isdigit():
+            raise DatabaseError(f"{URL_VARIABLE}: the port is not a number (percent-encode / # ? @ in a password)")
+        params = dict(query)
         return cls(
-            host=parts.hostname or "localhost",
-            port=parts.port or 5432,
-            dbname=unquote(parts.path.lstrip("/")) or "postgres",
-            user=unquote(parts.username or ""),
-            password=unquote(parts.password or ""),
-            params=params,
+            host=host or "localhost",
+            port=int(port) if port else 5432,
+            dbname=unquote(_path_of(url)) or "postgres",
+            user=unquote(user) or params.get("user", ""),
+            password=unquote(password) or params.get("password", ""),
+            params=tuple((k, v) for k, v in query if k not in ("user", "password")),
         )
+
+    @staticmethod
+    def shows_param(name: str) -> bool:
+        """Query parameters safe to print; any other (sslpassword, passfile, ...) shows as ***."""
+        return name in SAFE_PARAMS
 
     @property
     def redacted_url(self) -> str:
         auth = f"{self.user}:***@" if self.password else (f"{self.user}@" if self.user else "")
-        query = f"?{urlencode(self.params)}" if self.params else ""
+        shown = [(k, v if self.shows_param(k) else "***") for k, v in self.params]
+        query = f"?{urlencode(shown, safe='*')}" if shown else ""
         return f"postgresql://{auth}{self._host}:{self.port}/{self.dbname}{query}"
 
     @property
     def jdbc_url(self) -> str:
         """No credentials in it: they go to the writer as the `user` and `password` options."""
-        query = urlencode((*self.params, ("reWriteBatchedInserts", "true"), ("ApplicationName", "recs-publish")))
+        shown = [(k, v) for k, v in self.params if self.shows_param(k)]
+        query = urlencode((*shown, ("reWriteBatchedInserts", "true"), ("ApplicationName", "recs-publish")))
         return f"jdbc:postgresql://{self._host}:{self.port}/{self.dbname}?{query}"
 
     @property
@@ -120,7 +139,8 @@ class Database:
         return f"[{self.host}]" if ":" in self.host else self.host
 
     def jdbc_options(self) -> dict[str, str]:
-        options = {"url": self.jdbc_url, **JDBC_OPTIONS}
+        # Other parameters (possibly secret) reach the driver as connection properties.
+        options = {"url": self.jdbc_url, **JDBC_OPTIONS, **{k: v for k, v in self.params if not self.shows_param(k)}}
         if self.user:
             options["user"] = self.user
         if self.password:
@@ -139,6 +159,25 @@ class Database:
         except psycopg2.OperationalError as err:
             # libpq's messages name host and user, never the password.
             raise DatabaseError(f"cannot connect to {self.redacted_url}: {str(err).strip()}") from err
+
+
+def split_url(url: str) -> tuple[str, str, list[tuple[str, str]]]:
+    """(userinfo, host[:port], query pairs) of a postgresql:// URL, splitting at the LAST `@`
+    before the path, so that a password holding unencoded `/`, `#`, `?` stays whole."""
+    scheme, separator, rest = url.strip().partition("://")
+    if not separator or scheme not in ("postgresql", "postgres"):
+        raise DatabaseError(f"{URL_VARIABLE} must start with postgresql://")
+    match = re.fullmatch(r"(?:(?P<userinfo>.*)@)?(?P<hostport>[^@/?#]*)(?P<rest>[/?#].*)?", rest, re.DOTALL)
+    if match is None:
+        raise DatabaseError(f"{URL_VARIABLE} is not a postgresql://user:password@host:port/db URL")
+    query = urlsplit("x://h" + (match["rest"] or "")).query
+    return match["userinfo"] or "", match["hostport"], parse_qsl(query)
+
+
+def _path_of(url: str) -> str:
+    rest = url.strip().partition("://")[2]
+    match = re.fullmatch(r"(?:.*@)?[^@/?#]*(?P<rest>[/?#].*)?", rest, re.DOTALL)
+    return urlsplit("x://h" + ((match and match["rest"]) or "")).path.lstrip("/")
 
 
 def database_url(environ: dict[str, str] | None = None) -> str | None:
@@ -215,6 +254,8 @@ def load_staging(spark: SparkSession, database: Database, schema: str, tables: d
     from psycopg2 import sql
     from pyspark.sql import functions as F
 
+    from recs.faults import fault_point
+
     key = version_key(version)
     counts = {}
     for name, table in tables.items():
@@ -240,6 +281,7 @@ def load_staging(spark: SparkSession, database: Database, schema: str, tables: d
             cursor.execute(sql.SQL("ANALYZE {}").format(_ident(schema, staged)))
         counts[name] = loaded
         log.info("postgres: staged %s.%s (%d rows)", schema, staged, loaded)
+        fault_point("staging")
     return counts
 
 
@@ -247,7 +289,7 @@ def _current(cursor, schema: str) -> tuple | None:
     from psycopg2 import sql
 
     cursor.execute(
-        sql.SQL("SELECT version, table_key, tables, published_at FROM {} WHERE is_current").format(
+        sql.SQL("SELECT version, table_key, tables, published_at, run_id FROM {} WHERE is_current").format(
             _ident(schema, VERSIONS_TABLE)
         )
     )
@@ -297,13 +339,12 @@ def _in_swap_transaction(connection, schema: str, work: Callable) -> object:
     for attempt in range(1, SWAP_ATTEMPTS + 1):
         try:
             with connection, connection.cursor() as cursor:
-                cursor.execute("SET LOCAL lock_timeout = %s", (LOCK_TIMEOUT,))
                 cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"recs-publish:{schema}",))
                 return work(cursor)
         except psycopg2.errors.LockNotAvailable:
             if attempt == SWAP_ATTEMPTS:
                 raise
-            log.warning("postgres: readers held the tables for %s; retrying the swap", LOCK_TIMEOUT)
+            log.warning("postgres: readers held the tables past lock_timeout; retrying the swap")
             time.sleep(1)
     return None
 
@@ -364,15 +405,85 @@ def drop_staging(connection, schema: str, version: str, tables: list[str]) -> No
             )
 
 
-def publish_tables(spark: SparkSession, database: Database, schema: str, tables: dict[str, DataFrame],
-                   version: str, run_id: str, keep: int, expected: dict[str, int] | None = None) -> dict:
-    """Stage, swap in one transaction, prune. A failure before the swap leaves the live
-    tables as they were and drops this version's staging tables."""
+def set_timeouts(connection, lock_timeout: float, statement_timeout: float) -> None:
+    """Bound every wait of this session: a stalled lock or statement fails the publish
+    (and its retry starts over) instead of hanging the run and queueing the next ones."""
+    with connection, connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false)",
+                       (f"{int(lock_timeout * 1000)}ms", f"{int(statement_timeout * 1000)}ms"))
+
+
+def drop_leftovers(connection, schema: str) -> list[str]:
+    """Staging tables `<table>__v_<key>` of no published version: an interrupted load
+    (a kill, a lost connection) left them. Called under the data root's publish lock."""
     from psycopg2 import sql
 
-    connection = database.connect("recs-publish")
+    with connection, connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"recs-publish:{schema}",))
+        cursor.execute(sql.SQL("SELECT table_key FROM {} WHERE dropped_at IS NULL").format(
+            _ident(schema, VERSIONS_TABLE)))
+        kept = {row[0] for row in cursor.fetchall()}
+        cursor.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,))
+        leftovers = sorted(name for (name,) in cursor.fetchall()
+                           if (match := STAGING.fullmatch(name)) and match["key"] not in kept)
+        for name in leftovers:
+            cursor.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(_ident(schema, name)))
+    if leftovers:
+        log.info("postgres: dropped %d staging tables of interrupted loads: %s", len(leftovers), leftovers)
+    return leftovers
+
+
+def known_versions(database: Database, schema: str) -> tuple[set[str], datetime | None]:
+    """Every version ever published to the schema, and when the first one was."""
+    import psycopg2
+    from psycopg2 import sql
+
+    connection = database.connect("recs-publish-check")
     try:
+        with connection, connection.cursor() as cursor:
+            cursor.execute(sql.SQL("SELECT version, published_at FROM {}").format(_ident(schema, VERSIONS_TABLE)))
+            rows = cursor.fetchall()
+    except psycopg2.errors.UndefinedTable:
+        rows = []
+    finally:
+        connection.close()
+    return {row[0] for row in rows}, min((row[1] for row in rows), default=None)
+
+
+def serving(database: Database, schema: str) -> tuple[str, str] | None:
+    """(version, run id) the database serves now, or None when nothing is published."""
+    import psycopg2
+
+    connection = database.connect("recs-publish-check")
+    try:
+        with connection, connection.cursor() as cursor:
+            current = _current(cursor, schema)
+            if current is None:
+                return None
+            return current[0], current[4]
+    except psycopg2.errors.UndefinedTable:
+        return None
+    finally:
+        connection.close()
+
+
+def publish_tables(spark: SparkSession, database: Database, schema: str, tables: dict[str, DataFrame],
+                   version: str, run_id: str, keep: int, expected: dict[str, int] | None = None,
+                   lock_timeout: float = 15, statement_timeout: float = 600) -> dict:
+    """Stage, swap in one transaction, prune. A failure before the swap leaves the live
+    tables as they were and drops this version's staging tables (or, when the connection
+    is gone, the next publish does). Pruning is housekeeping: its failure is logged, it
+    never fails a publish whose swap committed."""
+    from psycopg2 import sql
+
+    from recs.faults import fault_point
+
+    # Named by schema: an operator (or a fault drill) can tell this load's session apart.
+    connection = database.connect(f"recs-publish {schema}"[:63])
+    try:
+        set_timeouts(connection, lock_timeout, statement_timeout)
         ensure_versions_table(connection, schema)
+        leftovers = drop_leftovers(connection, schema)
         with connection, connection.cursor() as cursor:
             cursor.execute(
                 sql.SQL("SELECT 1 FROM {} WHERE version = %s").format(_ident(schema, VERSIONS_TABLE)), (version,)
@@ -386,15 +497,22 @@ def publish_tables(spark: SparkSession, database: Database, schema: str, tables:
             try:
                 drop_staging(connection, schema, version, list(tables))
             except Exception as cleanup:  # noqa: BLE001 - keep the original error
-                log.warning("postgres: could not drop the staging tables of %s: %s", version, cleanup)
+                log.warning("postgres: could not drop the staging tables of %s: %s", version,
+                            str(cleanup).strip().splitlines()[0] if str(cleanup).strip() else type(cleanup).__name__)
             raise
-        pruned = prune(connection, schema, keep)
+        fault_point("after_swap")
+        try:
+            pruned = prune(connection, schema, keep)
+        except Exception as err:  # noqa: BLE001 - the next publish prunes again
+            log.warning("postgres: pruning old versions failed (the next publish retries): %s",
+                        str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+            pruned = []
     finally:
         connection.close()
     log.info("postgres: %s is current in %s on %s (previous: %s; dropped: %s)",
              version, schema, database.redacted_url, previous, pruned)
     return {"database": database.redacted_url, "schema": schema, "rows": counts, "previous_version": previous,
-            "pruned": pruned}
+            "pruned": pruned, "leftovers_dropped": leftovers}
 
 
 def publish_if_configured(spark: SparkSession, config: RecsConfig, paths: RunPaths, version: str,
@@ -415,13 +533,15 @@ def publish_if_configured(spark: SparkSession, config: RecsConfig, paths: RunPat
                 tables[name] = spark.read.parquet(location)
                 break
     return publish_tables(spark, database, config.database_schema, tables, version, paths.run_id,
-                          config.keep_versions, expected)
+                          config.keep_versions, expected, config.database_lock_timeout_seconds,
+                          config.database_statement_timeout_seconds)
 
 
 # --- rollback ---------------------------------------------------------------------
 
 
-def rollback(database: Database, schema: str, to_version: str | None = None) -> tuple[str, str]:
+def rollback(database: Database, schema: str, to_version: str | None = None, lock_timeout: float = 15,
+             statement_timeout: float = 600) -> tuple[str, str]:
     """Make the previous version (or `to_version`) current again, in one transaction.
 
     The previous version is the newest kept one published before the current one that
@@ -466,6 +586,7 @@ def rollback(database: Database, schema: str, to_version: str | None = None) -> 
 
     connection = database.connect("recs-rollback")
     try:
+        set_timeouts(connection, lock_timeout, statement_timeout)
         return _in_swap_transaction(connection, schema, work)
     finally:
         connection.close()
@@ -476,13 +597,12 @@ def point_parquet_to(data_root: str, version: str) -> bool:
     holds that version. Other file systems (s3a://, hdfs://) are left alone: False."""
     if "://" in data_root and not data_root.startswith("file://"):
         return False
+    from recs.io import write_local_pointer
+
     published = os.path.join(data_root.removeprefix("file://"), "published")
     if not os.path.isdir(os.path.join(published, "versions", version)):
         return False
-    temporary = os.path.join(published, f".CURRENT.{os.getpid()}.tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(version + "\n")
-    os.replace(temporary, os.path.join(published, "CURRENT"))
+    write_local_pointer(published, version)
     return True
 
 
@@ -506,66 +626,221 @@ def previous_parquet_version(data_root: str) -> str | None:
     return max(older, key=dated.get) if older else None
 
 
-# --- reading, as a storefront would (`make recs`, `make similar`) ---------------------
+# --- reading, as a storefront would (`make recs`, `make similar`, recs.serving) -------
 
 POPULAR_REASON = "no history yet: popular right now"
 
+# Each lookup is ONE statement: PostgreSQL locks every table a statement names before
+# reading any, and the publish swap renames them all in one transaction, so one
+# statement reads one version (each row carries its `version`). Two statements could
+# straddle a swap. An unknown user gets the popular products in the same statement.
+RECOMMENDATIONS_SQL = """
+WITH mine AS (
+    SELECT version, rank, product_id, score, reason FROM {schema}.user_recommendations
+    WHERE user_id = %(id)s ORDER BY rank LIMIT %(limit)s
+), popular AS (
+    SELECT version, rank, product_id, score, %(popular_reason)s AS reason FROM {schema}.popular_products
+    WHERE NOT EXISTS (SELECT 1 FROM mine) ORDER BY rank LIMIT %(limit)s
+), picked AS (
+    SELECT *, true AS personal FROM mine UNION ALL SELECT *, false AS personal FROM popular
+)
+SELECT p.version, p.rank, p.product_id, c.title, p.score, p.reason, p.personal, c.version AS title_version
+FROM picked p LEFT JOIN {schema}.product_clusters c USING (product_id) ORDER BY p.rank
+"""
+SIMILAR_SQL = """
+SELECT s.version, s.rank, s.similar_product_id AS product_id, c.title, s.score, c.version AS title_version
+FROM {schema}.similar_products s LEFT JOIN {schema}.product_clusters c ON c.product_id = s.similar_product_id
+WHERE s.product_id = %(id)s ORDER BY s.rank LIMIT %(limit)s
+"""
+POPULAR_SQL = """
+SELECT p.version, p.rank, p.product_id, c.title, p.score, %(popular_reason)s AS reason, c.version AS title_version
+FROM {schema}.popular_products p LEFT JOIN {schema}.product_clusters c USING (product_id)
+ORDER BY p.rank LIMIT %(limit)s
+"""
+PRODUCT_SQL = """
+SELECT version, product_id, cluster, title, category FROM {schema}.product_clusters WHERE product_id = %(id)s
+"""
+CURRENT_SQL = "SELECT version, run_id, published_at FROM {schema}.published_versions WHERE is_current"
 
-def query(database: Database, schema: str, statement: str, params: tuple = ()):
+
+def _statement(text: str, schema: str):
+    from psycopg2 import sql
+
+    return sql.SQL(text).format(schema=_ident(schema))
+
+
+def _rows(cursor, statement, params: dict) -> list[dict]:
+    cursor.execute(statement, params)
+    columns = [column.name for column in cursor.description]
+    return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+
+
+def _nothing_published(database: Database, schema: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"nothing published yet in schema {schema} of {database.redacted_url}: run the DAG with {URL_VARIABLE} set"
+    )
+
+
+def query(database: Database, schema: str, statement: str, params: tuple | dict = ()):
     """Run one SELECT (`{schema}` in it is replaced by the quoted schema) into a DataFrame."""
     import pandas as pd
     import psycopg2
-    from psycopg2 import sql
 
     connection = database.connect("recs-reader")
     try:
         with connection, connection.cursor() as cursor:
-            cursor.execute(sql.SQL(statement).format(schema=_ident(schema)), params)
+            cursor.execute(_statement(statement, schema), params)
             columns = [column.name for column in cursor.description]
             return pd.DataFrame(cursor.fetchall(), columns=columns)
     except psycopg2.errors.UndefinedTable as err:
-        raise FileNotFoundError(
-            f"nothing published yet in schema {schema} of {database.redacted_url}: run the DAG with "
-            f"{URL_VARIABLE} set"
-        ) from err
+        raise _nothing_published(database, schema) from err
     finally:
         connection.close()
 
 
+ITEM_COLUMNS = ["rank", "product_id", "title", "score", "reason"]
+
+
 def recommendations_for(database: Database, schema: str, user_id: str):
-    """A user's recommendations with titles; users without any get the popular products."""
-    mine = query(
-        database, schema,
-        "SELECT r.rank, r.product_id, c.title, r.score, r.reason FROM {schema}.user_recommendations r "
-        "LEFT JOIN {schema}.product_clusters c USING (product_id) WHERE r.user_id = %s ORDER BY r.rank",
-        (user_id,),
-    )
-    if mine.empty:
-        mine = query(
-            database, schema,
-            "SELECT p.rank, p.product_id, c.title, p.score, %s AS reason FROM {schema}.popular_products p "
-            "LEFT JOIN {schema}.product_clusters c USING (product_id) ORDER BY p.rank",
-            (POPULAR_REASON,),
-        )
-    return mine
+    """A user's recommendations with titles; an unknown user is an error (reader.UnknownId)."""
+    from recs.reader import unknown_customer
+
+    mine = query(database, schema, RECOMMENDATIONS_SQL,
+                 {"id": user_id, "limit": None, "popular_reason": POPULAR_REASON})
+    if mine.empty or not mine["personal"].iloc[0]:
+        raise unknown_customer(user_id)
+    return mine[ITEM_COLUMNS]
 
 
 def similar_to(database: Database, schema: str, product_id: str):
-    rows = query(
-        database, schema,
-        "SELECT s.rank, s.similar_product_id, c.title, s.score FROM {schema}.similar_products s "
-        "LEFT JOIN {schema}.product_clusters c ON c.product_id = s.similar_product_id "
-        "WHERE s.product_id = %s ORDER BY s.rank",
-        (product_id,),
-    )
+    from recs.reader import unknown_product
+
+    rows = query(database, schema, SIMILAR_SQL, {"id": product_id, "limit": None})
     if rows.empty:
-        raise KeyError(f"unknown product {product_id!r}: it is not in the published catalog")
-    return rows
+        raise unknown_product(product_id)
+    return rows.rename(columns={"product_id": "similar_product_id"})[["rank", "similar_product_id", "title", "score"]]
 
 
 def summary(database: Database, schema: str):
     table = query(database, schema, "SELECT * FROM {schema}.run_summary")
     return table.drop(columns=["config_json", "stats_json"], errors="ignore").iloc[0]
+
+
+class Reader:
+    """What the HTTP service reads from PostgreSQL: a thread-safe connection pool, one
+    statement per answer (so one version per answer, named in every row)."""
+
+    # How long a request waits for a free connection before it is answered 503.
+    WAIT_SECONDS = 10.0
+
+    def __init__(self, database: Database, schema: str, max_connections: int = 16):
+        import threading
+
+        from psycopg2 import pool
+
+        self.database, self.schema = database, schema
+        # psycopg2's pool raises when all its connections are out; requests queue here instead.
+        self._free = threading.BoundedSemaphore(max_connections)
+        try:
+            self._pool = pool.ThreadedConnectionPool(
+                1, max_connections, host=database.host, port=database.port, dbname=database.dbname,
+                user=database.user or None, password=database.password or None, application_name="recs-serving",
+                connect_timeout=10, **dict(database.params),
+            )
+        except Exception as err:  # psycopg2.OperationalError: one line, without the password
+            raise DatabaseError(f"cannot connect to {database.redacted_url}: {str(err).strip()}") from err
+        # Composed once into plain text: quoting the schema for every request costs more than the query.
+        connection = self._pool.getconn()
+        try:
+            self._statements = {name: _statement(text, schema).as_string(connection) for name, text in (
+                ("recommendations", RECOMMENDATIONS_SQL), ("similar", SIMILAR_SQL), ("popular", POPULAR_SQL),
+                ("product", PRODUCT_SQL), ("current", CURRENT_SQL))}
+        finally:
+            self._pool.putconn(connection)
+
+    def close(self) -> None:
+        self._pool.closeall()
+
+    def _getconn(self):
+        if not self._free.acquire(timeout=self.WAIT_SECONDS):
+            raise DatabaseError(f"no free connection to {self.database.redacted_url} in {self.WAIT_SECONDS:.0f}s")
+        try:
+            return self._pool.getconn()
+        except BaseException:
+            self._free.release()
+            raise
+
+    def _putconn(self, connection, close: bool = False) -> None:
+        try:
+            self._pool.putconn(connection, close=close)
+        finally:
+            self._free.release()
+
+    def run(self, name: str, **params) -> list[dict]:
+        import psycopg2
+
+        connection = self._getconn()
+        broken = False
+        try:
+            connection.autocommit = True
+            with connection.cursor() as cursor:
+                return _rows(cursor, self._statements[name], params)
+        except psycopg2.errors.UndefinedTable as err:
+            raise _nothing_published(self.database, self.schema) from err
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            broken = True  # a restarted server: the next request gets a fresh connection
+            raise
+        finally:
+            self._putconn(connection, close=broken or bool(connection.closed))
+
+    def recommendations(self, user_id: str, limit: int | None) -> list[dict]:
+        return self.run("recommendations", id=user_id, limit=limit, popular_reason=POPULAR_REASON)
+
+    def similar(self, product_id: str, limit: int | None) -> list[dict]:
+        return self.run("similar", id=product_id, limit=limit)
+
+    def popular(self, limit: int | None) -> list[dict]:
+        return self.run("popular", limit=limit, popular_reason=POPULAR_REASON)
+
+    def product(self, product_id: str) -> dict | None:
+        rows = self.run("product", id=product_id)
+        return rows[0] if rows else None
+
+    def current(self) -> dict | None:
+        rows = self.run("current")
+        return rows[0] if rows else None
+
+    def versions(self) -> list[dict]:
+        """Every kept version (not dropped), newest first, with its run_summary and run_metrics."""
+        import pandas as pd
+        from psycopg2 import sql
+
+        from recs.reader import version_info
+
+        connection = self._getconn()
+        try:
+            connection.autocommit = False
+            with connection, connection.cursor() as cursor:
+                kept = _rows(cursor, sql.SQL(
+                    "SELECT version, run_id, published_at, table_key, tables, is_current FROM {} "
+                    "WHERE dropped_at IS NULL ORDER BY published_at DESC").format(
+                        _ident(self.schema, VERSIONS_TABLE)), {})
+                infos = []
+                for row in kept:
+                    def table(name: str, row=row):
+                        if name not in row["tables"]:
+                            return None
+                        live = name if row["is_current"] else versioned_name(name, row["table_key"])
+                        found = _rows(cursor, sql.SQL("SELECT * FROM {}").format(_ident(self.schema, live)), {})
+                        return pd.DataFrame(found) if found else None
+
+                    summary, metrics = table("run_summary"), table("run_metrics")
+                    infos.append(version_info(
+                        row["version"], row["run_id"], row["published_at"].isoformat(),
+                        summary.iloc[0].to_dict() if summary is not None else None, metrics, row["is_current"]))
+                return infos
+        finally:
+            self._putconn(connection)
 
 
 def list_versions(database: Database, schema: str) -> list[tuple]:
@@ -611,7 +886,8 @@ def main(argv: list[str] | None = None) -> int:
                 state = "current" if current else "dropped" if dropped else "rolled back" if rolled_back else "kept"
                 print(f"{'*' if current else ' '} {version:45} {at:%Y-%m-%d %H:%M:%S} {state:11} {rows}")
             return 0
-        before, after = rollback(database, schema, args.to)
+        before, after = rollback(database, schema, args.to, config.database_lock_timeout_seconds,
+                                 config.database_statement_timeout_seconds)
         print(f"{database.redacted_url} schema {schema}: rolled back from {before} to {after}")
         if point_parquet_to(config.data_root, after):
             print(f"{config.data_root}/published/CURRENT now points to {after}")

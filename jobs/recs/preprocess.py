@@ -48,18 +48,12 @@ def clean_products(raw_products: DataFrame) -> tuple[DataFrame, DataFrame]:
         normalise_text(F.col("title")).alias("title"),
         normalise_text(F.col("description")).alias("description"),
         normalise_text(F.col("category")).alias("category"),
-        _blank_to_null(F.col("price")).alias("price_text"),
+        F.when(price_problem(F.col("price")).isNull(), parse_price(F.col("price"))).alias("price"),
         "record",
-    ).withColumn("price", F.col("price_text").try_cast("double"))
+    )
     reason = (
         F.when(F.col("product_id").isNull(), "missing product_id")
         .when(F.col("title").isNull() & F.col("description").isNull(), "no title and no description")
-        .when(
-            F.col("price_text").isNotNull()
-            & (F.col("price").isNull() | F.isnan("price") | (F.abs("price") == float("inf"))),
-            "price is not a number",
-        )
-        .when(F.col("price") < 0, "negative price")
     )
     checked = cleaned.withColumn("reason", reason)
     rejected = checked.where(F.col("reason").isNotNull())
@@ -79,10 +73,42 @@ def clean_products(raw_products: DataFrame) -> tuple[DataFrame, DataFrame]:
     return products, quarantine
 
 
+def parse_price(raw: F.Column) -> F.Column:
+    return _blank_to_null(raw).try_cast("double")
+
+
+def price_problem(raw: F.Column) -> F.Column:
+    """Why a raw price cannot be used (null when it can, or when there is none). Nothing
+    downstream needs a price, so such a price is nulled and counted, the product kept;
+    "$1" and "1,99" are not guessed at."""
+    price = parse_price(raw)
+    return (
+        F.when(
+            _blank_to_null(raw).isNotNull() & (price.isNull() | F.isnan(price) | (F.abs(price) == float("inf"))),
+            "price is not a number",
+        )
+        .when(price < 0, "negative price")
+    )
+
+
+# Events before this, or after a day from now, are quarantined: one far-future row would
+# zero every other event's recency weight and move the evaluation window into the future.
+EARLIEST_EVENT = "1995-01-01"
+
+
 def parse_timestamp(column: F.Column) -> F.Column:
-    """ISO-8601 text (with or without 'T' and zone), or epoch seconds."""
-    as_epoch = F.when(column.rlike(r"^\d{9,10}(\.\d+)?$"), F.timestamp_seconds(column.try_cast("double")))
-    return F.coalesce(as_epoch, column.try_cast("timestamp"))
+    """ISO-8601 text (with or without 'T' and zone), or epoch seconds (9-10 digits) or
+    milliseconds (12-13 digits). Any other bare number (2024, 123456, 20240115) is no
+    timestamp, though Spark would read it as a year."""
+    seconds = F.when(column.rlike(r"^\d{9,10}(\.\d+)?$"), column.try_cast("double"))
+    milliseconds = F.when(column.rlike(r"^\d{12,13}(\.\d+)?$"), column.try_cast("double") / 1000)
+    as_epoch = F.timestamp_seconds(F.coalesce(seconds, milliseconds))
+    as_text = F.when(~column.rlike(r"^[+-]?\d+(\.\d*)?$"), column.try_cast("timestamp"))
+    return F.coalesce(as_epoch, as_text)
+
+
+def implausible(ts: F.Column) -> F.Column:
+    return (ts < F.lit(EARLIEST_EVENT).cast("timestamp")) | (ts > F.current_timestamp() + F.expr("INTERVAL 1 DAY"))
 
 
 def clean_events(raw_events: DataFrame, products: DataFrame) -> tuple[DataFrame, DataFrame]:
@@ -108,6 +134,7 @@ def clean_events(raw_events: DataFrame, products: DataFrame) -> tuple[DataFrame,
         )
         .when(F.col("quantity") > 2147483647, "quantity is too large")
         .when(F.col("ts").isNull(), "bad timestamp")
+        .when(implausible(F.col("ts")), "implausible timestamp")
     )
     checked = cleaned.withColumn("reason", reason)
     rejected = checked.where(F.col("reason").isNotNull())
@@ -119,6 +146,51 @@ def clean_events(raw_events: DataFrame, products: DataFrame) -> tuple[DataFrame,
     events = matched.where(F.col("_known")).select(*EVENT_COLUMNS).dropDuplicates(list(EVENT_COLUMNS))
     quarantine = quarantined(rejected, "events").unionByName(quarantined(unknown, "events"))
     return events, quarantine
+
+
+def check_quarantine_share(stats: dict, limit: float, input_path: str, quarantine_path: str) -> None:
+    """Fail when more than `limit` of the events read were quarantined: past some share the
+    input itself is broken (a wrong column, format or clock), and a model trained on the
+    rest would be published as if nothing happened. The figure goes into the stats too."""
+    reasons = {key.removeprefix("events: "): n for key, n in stats["quarantine"].items() if key.startswith("events: ")}
+    quarantined = sum(reasons.values())
+    read = stats["events_in"] + reasons.get(importers.MALFORMED_ROW, 0)
+    share = quarantined / read if read else 0.0
+    stats["events_quarantined_share"] = round(share, 4)
+    if share > limit:
+        worst = ", ".join(f"{reason}: {n}" for reason, n in sorted(reasons.items(), key=lambda r: (-r[1], r[0]))[:3])
+        raise ValueError(
+            f"{quarantined} of {read} events in {input_path} quarantined ({share:.0%}), more than "
+            f"RECS_MAX_QUARANTINE_SHARE={limit:g} ({worst}); see {quarantine_path}"
+        )
+
+
+# K-means needs at least two clusters of distinct products (cluster.candidate_ks).
+MIN_PRODUCTS = 3
+
+
+def check_enough_to_learn(events: DataFrame, stats: dict, config: RecsConfig) -> None:
+    """Fail here, naming the cause, on input the later steps cannot learn or measure
+    anything from, instead of in the middle of a K-means or an evaluation."""
+    where = config.input_path
+    if stats["products_out"] < MIN_PRODUCTS:
+        raise ValueError(
+            f"only {stats['products_out']} valid product(s) in {where}: the pipeline needs at least {MIN_PRODUCTS}"
+        )
+    purchases, first, last = events.agg(
+        F.sum((F.col("event_type") == "purchase").cast("int")), F.min("ts"), F.max("ts")
+    ).first()
+    if not purchases:
+        raise ValueError(
+            f"no purchases among the {stats['events_out']} valid events of {where}: "
+            "the evaluation and the publish gate measure purchases"
+        )
+    stats["days_spanned"] = round((last - first).total_seconds() / 86400, 2)
+    if stats["timestamps"] and stats["days_spanned"] <= config.eval_days:
+        raise ValueError(
+            f"the events of {where} span {stats['days_spanned']:g} days, not more than RECS_EVAL_DAYS="
+            f"{config.eval_days}: the evaluation window would leave no history to learn from"
+        )
 
 
 def run(spark: SparkSession, config: RecsConfig, paths: RunPaths) -> dict:
@@ -150,10 +222,17 @@ def run(spark: SparkSession, config: RecsConfig, paths: RunPaths) -> dict:
             for row in spark.read.parquet(paths.table("quarantine")).groupBy("source", "reason").count().collect()
         },
     }
+    stats["prices_nulled"] = {
+        row["reason"]: row["count"]
+        for row in source.products.select(price_problem(F.col("price")).alias("reason"))
+        .where(F.col("reason").isNotNull()).groupBy("reason").count().collect()
+    }
     if stats["products_out"] == 0:
         raise ValueError(f"no valid products in {config.input_path}; see {paths.table('quarantine')}")
+    check_quarantine_share(stats, config.max_quarantine_share, config.input_path, paths.table("quarantine"))
     if stats["events_out"] == 0:
         raise ValueError(f"no valid events in {config.input_path}; see {paths.table('quarantine')}")
+    check_enough_to_learn(written_events, stats, config)
     stats["exact_duplicates_dropped"] = (
         stats["products_in"] + stats["events_in"] + source.skipped.count()
         - stats["products_out"] - stats["events_out"] - sum(stats["quarantine"].values())

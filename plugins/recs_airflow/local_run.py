@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from recs.config import INPUT_FORMATS
@@ -20,6 +21,8 @@ from recs.config import INPUT_FORMATS
 REPO = Path(__file__).resolve().parents[2]
 DAG_ID = "product_recommendations"
 LOCAL_SPARK = json.dumps({"conn_type": "spark", "host": "local[*]"})
+_TASK_START = re.compile(r"\[DAG TEST\] starting task_id=(?P<task>\S+)")
+_TASK_END = re.compile(r"\[DAG TEST\] end task task_id=(?P<task>\S+)")
 _FINISHED = re.compile(r"DagRun Finished: dag_id=(?P<dag>[^,]+), .*?run_id=(?P<run_id>[^,]+), .*?state=(?P<state>\w+)")
 
 
@@ -62,17 +65,42 @@ def dags_test(conf: dict, env: dict[str, str], log_path: Path | None = None) -> 
     with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
         log = open(log_path, "w", encoding="utf-8") if log_path else None  # noqa: SIM115 - closed below
         finished = None
+        clock = StepClock()
         for line in process.stdout:
             if log:
                 log.write(line)
             if _is_progress(line):
                 print(line.rstrip()[:300], flush=True)
+            timing = clock.see(line)
+            if timing:
+                print(timing, flush=True)
             finished = _FINISHED.search(line) or finished
         if log:
             log.close()
     if finished is None:
         raise RuntimeError(f"`airflow dags test` ended with exit code {process.returncode} and no finished run")
     return finished["run_id"], finished["state"]
+
+
+class StepClock:
+    """Each step's elapsed time, from the `[DAG TEST] starting` / `end task` lines of its task."""
+
+    def __init__(self, clock=time.monotonic):
+        self.clock, self.began, self.started = clock, clock(), {}
+
+    def see(self, line: str) -> str | None:
+        if start := _TASK_START.search(line):
+            self.started[start["task"]] = self.clock()
+        elif (end := _TASK_END.search(line)) and end["task"] in self.started:
+            now = self.clock()
+            return (f"==> {end['task']} finished after {_duration(now - self.started.pop(end['task']))} "
+                    f"({_duration(now - self.began)} since the run started)")
+        return None
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
 def _is_progress(line: str) -> bool:

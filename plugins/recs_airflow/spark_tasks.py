@@ -9,17 +9,26 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
+import time
 import zipfile
 from pathlib import Path
-from urllib.parse import quote, unquote, urlencode, urlsplit
+from urllib.parse import quote, urlencode
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import Asset, BaseHook
-from airflow.sdk.exceptions import AirflowNotFoundException
+from airflow.sdk.exceptions import (
+    AirflowException,
+    AirflowFailException,
+    AirflowNotFoundException,
+    AirflowSkipException,
+)
 from airflow.sdk.log import mask_secret
 
-from recs.config import RecsConfig
+from recs import errors
+from recs.config import RecsConfig, safe_run_id
+from recs.io import RunPaths, is_local
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -150,11 +159,11 @@ def export_database_url() -> None:
         except AirflowNotFoundException:
             return
         os.environ["RECS_DATABASE_URL"] = url
+    # The URL, its password however malformed (an unencoded / # ? cuts it into pieces that
+    # a parser's error could quote), and its secret query values.
     mask_secret(url)
-    password = urlsplit(url).password
-    if password:
-        mask_secret(password)
-        mask_secret(unquote(password))
+    for fragment in errors.secret_fragments({"RECS_DATABASE_URL": url}):
+        mask_secret(fragment)
 
 
 def jdbc_jars() -> str | None:
@@ -163,14 +172,47 @@ def jdbc_jars() -> str | None:
 
 
 class RecsSparkSubmitOperator(SparkSubmitOperator):
-    """SparkSubmitOperator that ships the current `recs` package with the job."""
+    """SparkSubmitOperator that ships the current `recs` package with the job, and fails
+    with the job's own one-line cause (recs/errors.py): `AirflowFailException`, no retry,
+    when retrying cannot help (a gate refusal, a bad configuration, bad input)."""
 
     def execute(self, context):
+        earlier = (context["params"].get("publish_run_id") or "").strip()
+        if earlier and self.task_id != "publish":
+            raise AirflowSkipException(f"this DAG run only publishes the earlier run {earlier}")
         self.py_files = str(build_package_zip())
         self.size_local_driver()
         export_openai_key()
         export_database_url()
-        return super().execute(context)
+        started = time.time()
+        try:
+            return super().execute(context)
+        except AirflowException as err:
+            record = self.error_record(started)
+            if record is None:
+                raise
+            failure = AirflowFailException if record["final"] else AirflowException
+            raise failure(record["error"]) from err
+
+    def error_record(self, since: float) -> dict | None:
+        """The record the job wrote for this try (local data roots; elsewhere the log says it)."""
+        try:
+            root = RecsConfig.load().data_root
+            args = [str(arg) for arg in self.application_args]
+            run_id = safe_run_id(args[args.index("--run-id") + 1])
+        except ValueError:  # a bad setting: the job's own exit says it
+            return None
+        if not is_local(root):
+            return None
+        path = RunPaths(root.removeprefix("file://"), run_id).error(self.task_id)
+        try:
+            if os.path.getmtime(path) < since - 1:
+                return None  # an earlier try's
+            with open(path, encoding="utf-8") as handle:
+                record = json.load(handle)
+        except (OSError, ValueError):
+            return None
+        return {"error": errors.one_line(record.get("error", "")), "final": bool(record.get("final"))}
 
     def size_local_driver(self) -> None:
         """On `local[*]`, give the driver its heap and result limit (a cluster's
@@ -189,7 +231,10 @@ def spark_step(step: str, **kwargs) -> RecsSparkSubmitOperator:
         name=f"recs-{step}",
         conn_id=os.environ.get("RECS_SPARK_CONN_ID", "spark_default"),
         conf=dict(SPARK_CONF),
-        application_args=["--run-id", "{{ run_id }}", "--params-json", "{{ params | tojson }}"],
+        # The publish task of a run triggered with `publish_run_id` publishes that earlier
+        # run's folder (e.g. a refused run, with the gate override): no re-computation.
+        application_args=["--run-id", "{{ params.publish_run_id or run_id }}" if step == "publish" else "{{ run_id }}",
+                          "--params-json", "{{ params | tojson }}"],
         jars=jdbc_jars(),
         packages=os.environ.get("RECS_JDBC_PACKAGES") or None,
         **kwargs,

@@ -19,6 +19,7 @@ import pytest
 from openai_fake_server import FakeOpenAIServer
 from published_checks import check_published
 from recs.config import safe_run_id
+from resources import require
 from secret_checks import CommandLineWatch, files_holding
 
 pytestmark = pytest.mark.e2e
@@ -29,9 +30,9 @@ KEY = f"sk-e2e-{uuid.uuid4().hex}"
 DIMENSIONS = 64
 
 
-@pytest.mark.skipif(not ONLINE_RETAIL.exists(), reason=f"{ONLINE_RETAIL} is not there")
 def test_dag_publishes_online_retail_with_openai_embeddings_and_keeps_the_key_secret(tmp_path, run_dag,
                                                                                      airflow_home):
+    require(ONLINE_RETAIL.exists(), f"{ONLINE_RETAIL} is not there")
     data_root = tmp_path / "data"
     conf = {"input_path": str(ONLINE_RETAIL), "input_format": "online_retail", "top_n": TOP_N,
             "embedding_backend": "openai"}

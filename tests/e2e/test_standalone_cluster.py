@@ -7,15 +7,15 @@ executors (the shared code reaches them through py_files), the default offline
 embedding model works there, the planted bad rows are quarantined with their reasons,
 the evaluation and its report cover every method, the publish gate lets a sound run
 through, the published tables are sound and equal in both stores, and the database
-password shows neither in the task log nor on the spark-submit command line.
+password shows neither in the task log nor on the spark-submit command line. The same
+published root then serves the recommendation service's tests (tests/serving_checks.py),
+after the publish step is submitted once more for a second version.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,23 +26,21 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import serving_checks
 from published_checks import check_published
 from recs import postgres
 from recs.config import safe_run_id
 from recs.reader import current_version_dir
 from recs.synthetic import ShopSize, write_shop
+from recs_airflow import local_run
+from resources import require_postgres
+from serving_checks import free_port, stop
 
 pytestmark = pytest.mark.e2e
 TOP_N = 5
 STEPS = ("preprocess", "embed", "pca", "cluster", "recommend", "publish")  # and any steps added since
 PASSWORD = f"pw-{uuid.uuid4().hex[:12]}"  # the test server trusts local connections: only a marker
 DATABASE_URL = f"postgresql://postgres:{PASSWORD}@127.0.0.1:5432/test"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def master_json(webui_port: int) -> dict:
@@ -63,21 +61,10 @@ def wait_for(what: str, check, seconds: float = 90):
     raise TimeoutError(f"{what} not ready after {seconds}s")
 
 
-def stop(process: subprocess.Popen) -> None:
-    """The whole process group: spark-class execs java, which may have children."""
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-
-
-@pytest.fixture
-def standalone_cluster(tmp_path):
+@pytest.fixture(scope="module")
+def standalone_cluster(tmp_path_factory):
     """A master and one worker (2 cores, 2 GiB) on 127.0.0.1; stopped whatever happens."""
+    tmp_path = tmp_path_factory.mktemp("cluster")
     spark_class = str(Path(sys.executable).parent / "spark-class")
     port, webui, worker_webui = free_port(), free_port(), free_port()
     work_dir = tmp_path / "spark-worker"
@@ -107,13 +94,11 @@ def standalone_cluster(tmp_path):
             stop(process)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def pg_schema():
-    psycopg2 = pytest.importorskip("psycopg2")
-    try:
-        psycopg2.connect(host="127.0.0.1", port=5432, dbname="test", user="postgres", connect_timeout=5).close()
-    except psycopg2.OperationalError:
-        pytest.skip("no PostgreSQL on 127.0.0.1:5432 (database test)")
+    import psycopg2
+
+    require_postgres()
     name = f"recs_e2e_{uuid.uuid4().hex[:10]}"
     yield name
     connection = psycopg2.connect(host="127.0.0.1", port=5432, dbname="test", user="postgres")
@@ -122,24 +107,37 @@ def pg_schema():
     connection.close()
 
 
-def test_dag_on_a_standalone_cluster_publishes_a_synthetic_shop_to_parquet_and_postgres(
-    tmp_path, run_dag, airflow_home, standalone_cluster, pg_schema
-):
+@pytest.fixture(scope="module")
+def cluster_run(tmp_path_factory, airflow_home, input_roots, standalone_cluster, pg_schema):
+    """The one DAG run of this file: a synthetic shop, published to Parquet and PostgreSQL."""
+    tmp_path = tmp_path_factory.mktemp("cluster_run")
     shop = tmp_path / "shop"
     write_shop(str(shop), ShopSize(products=360, users=240, days=120), seed=3)
+    serving_checks.title_to_escape(shop)
     data_root = tmp_path / "data"
     # The default backend (`auto` without a key): the offline MiniLM model.
     conf = {"input_path": str(shop), "input_format": "contract", "top_n": TOP_N, "k_min": 4, "k_max": 14,
             "pca_dimensions": 16}
     spark_connection = {"conn_type": "spark", "host": "spark://127.0.0.1", "port": standalone_cluster["port"]}
-    run_id, state = run_dag(data_root, conf, {
+    env = local_run.airflow_env(airflow_home, {
+        "RECS_DATA_ROOT": str(data_root),
+        "RECS_INPUT_ROOTS": input_roots,
         "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps(spark_connection),
         "SPARK_LOCAL_IP": "127.0.0.1",
         "OPENAI_API_KEY": "",
         "RECS_DATABASE_URL": DATABASE_URL,
         "RECS_DATABASE_SCHEMA": pg_schema,
     })
+    run_id, state = local_run.dags_test(conf, env, log_path=airflow_home / "last_run.log")
     log_text = (airflow_home / "last_run.log").read_text(errors="replace")
+    return {"run_id": run_id, "state": state, "log_text": log_text, "data_root": data_root, "conf": conf,
+            "env": env, "tmp_path": tmp_path}
+
+
+def test_dag_on_a_standalone_cluster_publishes_a_synthetic_shop_to_parquet_and_postgres(
+    cluster_run, airflow_home, standalone_cluster, pg_schema
+):
+    run_id, state, log_text, data_root = (cluster_run[key] for key in ("run_id", "state", "log_text", "data_root"))
     assert state == "success", log_text[-3000:]
 
     # Sound tables under published/.
@@ -198,3 +196,44 @@ def test_dag_on_a_standalone_cluster_publishes_a_synthetic_shop_to_parquet_and_p
     assert len(commands) >= len(STEPS) and all("spark://127.0.0.1" in line for line in commands)
     assert not any("RECS_DATABASE_URL" in line or "postgresql://" in line for line in commands)
     assert all("postgresql.jar" in line for line in commands)
+
+
+# --- the recommendation service on this run's published root (tests/serving_checks.py) ------
+
+
+@pytest.fixture(scope="module")
+def published(cluster_run, pg_schema):
+    """This run published twice (the publish step submitted once more): two versions in both stores."""
+    assert cluster_run["state"] == "success", "the DAG run failed: see the first test"
+    env = {**cluster_run["env"], "AIRFLOW_CONN_SPARK_DEFAULT": local_run.LOCAL_SPARK}
+    versions = serving_checks.republish(cluster_run["data_root"], cluster_run["run_id"], cluster_run["conf"], env,
+                                        cluster_run["tmp_path"])
+    return {"data_root": cluster_run["data_root"], "schema": pg_schema, "run_id": safe_run_id(cluster_run["run_id"]),
+            "versions": versions, "env": env, "database_url": DATABASE_URL}
+
+
+@pytest.fixture(scope="module")
+def servers(published, tmp_path_factory):
+    with serving_checks.serving(published, tmp_path_factory.mktemp("serving-logs")) as urls:
+        yield urls
+
+
+@pytest.mark.parametrize("source", ["postgres", "parquet"])
+def test_api_answers_equal_the_published_tables(published, servers, source):
+    serving_checks.check_api(published, servers, source)
+
+
+def test_pages_in_a_browser(published, servers):
+    serving_checks.check_pages(published, servers)
+
+
+def test_unknown_ids_say_so_in_one_line(published):
+    serving_checks.check_unknown_ids(published)
+
+
+def test_plugin_in_the_airflow_api_server(published, tmp_path):
+    serving_checks.check_plugin(published, tmp_path)
+
+
+def test_servers_follow_a_rollback(published, servers):
+    serving_checks.check_rollback(published, servers)

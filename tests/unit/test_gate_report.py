@@ -6,7 +6,7 @@ import pandas as pd
 
 from recs import report
 from recs.config import RecsConfig
-from recs.publish import gate_decision
+from recs.publish import gate_decision, input_fingerprint
 
 
 def metrics(published: float, popular: float = 0.05) -> pd.DataFrame:
@@ -18,34 +18,58 @@ def metrics(published: float, popular: float = 0.05) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_gate_passes_a_good_run():
-    decision = gate_decision(metrics(0.12), previous_ndcg=0.11, config=RecsConfig())
+def last(ndcg: float | None) -> dict | None:
+    """The last published run of the same input, as publish finds it."""
+    return {"version": "run-1", "ndcg": ndcg} if ndcg is not None else None
+
+
+def test_gate_passes_a_good_run_and_says_what_it_compared_with():
+    decision = gate_decision(metrics(0.12), last(0.11), config=RecsConfig())
     assert decision["passed"] and not decision["overridden"]
+    assert "run-1, the last published run of the same input" in decision["message"]
+    first = gate_decision(metrics(0.12), None, config=RecsConfig())
+    assert first["passed"] and "no earlier published run of the same input" in first["message"]
 
 
 def test_gate_blocks_a_shuffled_run_below_most_popular_and_names_the_numbers():
-    decision = gate_decision(metrics(0.01), previous_ndcg=None, config=RecsConfig())
+    decision = gate_decision(metrics(0.01), None, config=RecsConfig())
     assert not decision["passed"] and not decision["overridden"]
     assert "0.0100" in decision["message"] and "most_popular" in decision["message"] and "0.0500" in decision["message"]
 
 
-def test_gate_blocks_a_drop_beyond_the_tolerance_from_the_last_published_run():
-    decision = gate_decision(metrics(0.08), previous_ndcg=0.10, config=RecsConfig(gate_tolerance=0.1))
+def test_gate_blocks_a_run_far_below_the_best_baseline():
+    # ease (0.09) is the best baseline: 0.08 is more than 10% below it, 0.085 is not.
+    decision = gate_decision(metrics(0.08), None, config=RecsConfig(gate_tolerance=0.1))
     assert not decision["passed"]
-    assert "0.0900" in decision["message"]  # the threshold: 10% below 0.10
-    assert gate_decision(metrics(0.095), previous_ndcg=0.10, config=RecsConfig(gate_tolerance=0.1))["passed"]
+    assert "best baseline's (ease) 0.0900 (threshold 0.0810)" in decision["message"]
+    assert gate_decision(metrics(0.085), None, config=RecsConfig(gate_tolerance=0.1))["passed"]
+
+
+def test_gate_blocks_a_drop_beyond_the_tolerance_from_the_last_published_run_of_the_same_input():
+    decision = gate_decision(metrics(0.10), last(0.12), config=RecsConfig(gate_tolerance=0.1))
+    assert not decision["passed"]
+    assert "below the last published run of the same input (run-1: 0.1200, threshold 0.1080)" in decision["message"]
+    assert gate_decision(metrics(0.11), last(0.12), config=RecsConfig(gate_tolerance=0.1))["passed"]
 
 
 def test_override_lets_one_run_through_on_the_record():
     config = RecsConfig(gate_override=True, gate_override_reason="catalog migration")
-    decision = gate_decision(metrics(0.01), previous_ndcg=None, config=config)
+    decision = gate_decision(metrics(0.01), None, config=config)
     assert not decision["passed"] and decision["overridden"]
     assert "OVERRIDDEN" in decision["message"] and "catalog migration" in decision["message"]
 
 
 def test_no_metrics_blocks_publishing():
-    decision = gate_decision(None, previous_ndcg=None, config=RecsConfig())
+    decision = gate_decision(None, None, config=RecsConfig())
     assert not decision["passed"] and "run_metrics" in decision["message"]
+
+
+def test_the_input_fingerprint_tells_inputs_apart():
+    base = input_fingerprint("contract", "/data/shop", "products a; events b")
+    assert base == input_fingerprint("contract", "/data/shop/", "products a; events b")
+    assert base != input_fingerprint("online_retail", "/data/shop", "products a; events b")
+    assert base != input_fingerprint("contract", "/data/other", "products a; events b")
+    assert base != input_fingerprint("contract", "/data/shop", "products a, c; events b")
 
 
 def test_report_holds_the_charts_and_the_table():

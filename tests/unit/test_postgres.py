@@ -19,21 +19,16 @@ import pytest
 from recs import postgres, reader
 from recs.config import RecsConfig
 from recs.io import RunPaths
+from resources import require_postgres
 
 PASSWORD = f"pw-{uuid.uuid4().hex[:12]}"
 URL = f"postgresql://postgres:{PASSWORD}@127.0.0.1:5432/test"
 TABLES = ("popular_products", "product_clusters", "run_summary", "similar_products", "user_recommendations")
 
 
-def _server_up() -> bool:
-    try:
-        postgres.Database.from_url(URL).connect().close()
-        return True
-    except postgres.DatabaseError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _server_up(), reason="no PostgreSQL on 127.0.0.1:5432 (database test)")
+@pytest.fixture(autouse=True, scope="module")
+def _postgres_up():
+    require_postgres(URL)
 
 
 @pytest.fixture
@@ -156,7 +151,8 @@ def test_publish_from_parquet_reads_back_equal(spark, database, schema, tmp_path
     # `make recs` / `make similar` read it back through the reader.
     mine = postgres.recommendations_for(database, schema, "U1")
     assert list(mine["rank"]) == [1, 2] and mine["title"].str.startswith("title P").all()
-    assert postgres.recommendations_for(database, schema, "nobody")["reason"].eq(postgres.POPULAR_REASON).all()
+    with pytest.raises(KeyError, match="unknown customer 'nobody'"):  # a typo is said, not hidden by popular
+        postgres.recommendations_for(database, schema, "nobody")
     with pytest.raises(KeyError, match="unknown product 'P999'"):
         postgres.similar_to(database, schema, "P999")
 

@@ -85,7 +85,16 @@ def test_text_skips_missing_parts(cleaned_products):
 
 def test_valid_products_are_exactly_the_good_ids(cleaned_products):
     products, _, _, _ = cleaned_products
-    assert sorted(products) == ["P1", "P5", "P6", "P7", "P8"]
+    assert sorted(products) == ["P1", "P10", "P3", "P4", "P5", "P6", "P7", "P8", "P9"]
+
+
+def test_a_bad_price_is_nulled_and_the_product_kept(cleaned_products):
+    """Nothing downstream uses the price: dropping the product (and then its events as
+    "unknown product_id") for it lost data. preprocess.run counts the nulled prices."""
+    products, _, _, _ = cleaned_products
+    for product_id in ("P3", "P4", "P9", "P10"):  # "abc", "-1", "NaN", "Infinity"
+        assert products[product_id]["price"] is None, product_id
+    assert products["P3"]["text"] == "Salt & pepper mill. Kitchen. Two mills"
 
 
 def test_quarantine_reasons(cleaned_products):
@@ -95,14 +104,10 @@ def test_quarantine_reasons(cleaned_products):
     assert by_reason == {
         "missing product_id": 2,
         "no title and no description": 1,
-        "price is not a number": 3,
-        "negative price": 1,
         "duplicate product_id": 1,
     }
     reasons = {json.loads(row["record"])["product_id"]: row["reason"] for row in quarantine}
     assert reasons["P2"] == "no title and no description"
-    assert reasons["P3"] == reasons["P9"] == reasons["P10"] == "price is not a number"
-    assert reasons["P4"] == "negative price"
     assert reasons["P6"] == "duplicate product_id"
 
 
@@ -110,9 +115,9 @@ def test_quarantine_record_is_the_raw_row(cleaned_products):
     _, quarantine, _, _ = cleaned_products
     records = [json.loads(row["record"]) for row in quarantine]
     # Raw, not cleaned: the entity and tags are still there, blanks kept.
-    assert raw_dict(RAW_PRODUCTS[4], PRODUCT_FIELDS) in records
+    assert raw_dict(RAW_PRODUCTS[1], PRODUCT_FIELDS) in records
     assert raw_dict(RAW_PRODUCTS[2], PRODUCT_FIELDS) in records
-    assert raw_dict(RAW_PRODUCTS[5], PRODUCT_FIELDS) in records  # null fields are left out
+    assert raw_dict(RAW_PRODUCTS[3], PRODUCT_FIELDS) in records
 
 
 def test_duplicate_id_keeps_longest_text(cleaned_products):
@@ -151,6 +156,15 @@ RAW_EVENTS = [
     (("U3", "P1", "view", "1", "yesterday-ish"), "bad timestamp"),
     (("U3", "P1", "view", "1", ""), "bad timestamp"),
     (("U3", "P-NOT-IN-CATALOG", "view", "1", ISO), "unknown product_id"),
+    (("U4", "P1", "view", "1", "1767225600000"), None),  # epoch milliseconds
+    (("U4", "P1", "purchase", "1", "1767225600123"), None),
+    (("U4", "P2", "VIEW", "1", ISO), None),
+    (("U4", "P1", "view", "1", "2099-01-01"), "implausible timestamp"),  # would zero every other recency
+    (("U4", "P1", "view", "1", "1994-12-31T23:59:59Z"), "implausible timestamp"),
+    (("U4", "P1", "view", "1", "2024"), "bad timestamp"),  # not the year 2024
+    (("U4", "P1", "view", "1", "123456"), "bad timestamp"),  # not the year 123456
+    (("U4", "P1", "view", "1", "20260101"), "bad timestamp"),
+    (("U4", "P1", "view", "1", "99999999999"), "bad timestamp"),  # 11 digits: neither seconds nor ms
 ]
 
 
@@ -194,6 +208,9 @@ def test_valid_events_parsed(cleaned_events):
             ("U1", "P2", "add_to_cart", 3, utc(2026, 1, 2, 3, 4, 5).timestamp()),  # no zone: session zone (UTC)
             ("U2", "P2", "view", 1, utc(2026, 1, 2, 1, 4, 5).timestamp()),  # +02:00 offset
             ("U2", "P2", "view", 1, utc(2026, 1, 1).timestamp() + 0.5),  # fractional epoch
+            ("U4", "P1", "view", 1, utc(2026, 1, 1).timestamp()),  # epoch milliseconds
+            ("U4", "P1", "purchase", 1, utc(2026, 1, 1).timestamp() + 0.123),
+            ("U4", "P2", "view", 1, utc(2026, 1, 1).timestamp()),  # event type in capitals
         ]
     )
 
@@ -238,7 +255,6 @@ def test_synthetic_shop_bad_rows_end_in_quarantine(spark, tmp_path):
     assert Counter((r["source"], r["reason"]) for r in quarantine) == {
         ("products", "missing product_id"): 1,
         ("products", "no title and no description"): 1,
-        ("products", "price is not a number"): 1,
         ("events", "unknown product_id"): 1,
         ("events", "bad timestamp"): 1,
         ("events", "unknown event_type"): 1,
@@ -246,5 +262,6 @@ def test_synthetic_shop_bad_rows_end_in_quarantine(spark, tmp_path):
         ("events", "missing user_id"): 1,
     }
     # Each table also holds one exact duplicate, dropped without a trace.
-    assert products.count() == products_in - 3 - 1 == size.products
+    # The product with the price "abc" is kept (its price nulled).
+    assert products.count() == products_in - 2 - 1 == size.products + 1
     assert events.count() == events_in - 5 - 1

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
+
 import pytest
 
-from recs import io
+from recs import io, reader
 from recs.publish import check_tables
 
 RECS_SCHEMA = "user_id string, rank int, product_id string, score double"
@@ -87,3 +90,63 @@ def test_write_json_round_trip(spark, tmp_path):
 def test_read_table_missing(spark, tmp_path):
     with pytest.raises(FileNotFoundError, match="did the step before this one run"):
         io.read_table(spark, str(tmp_path / "nothing"))
+
+
+def test_the_local_pointer_is_never_missing_while_it_changes(spark, tmp_path):
+    published = tmp_path / "published"
+    io.switch_pointer(spark, str(published), "v0")
+    seen, stop = [], threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            try:
+                seen.append(Path(reader.current_version_dir(str(tmp_path))).name)
+            except FileNotFoundError:
+                seen.append(None)
+
+    watcher = threading.Thread(target=poll, daemon=True)
+    watcher.start()
+    for i in range(1, 301):
+        io.switch_pointer(spark, str(published), f"v{i}")
+    stop.set()
+    watcher.join()
+    assert None not in seen and len(seen) > 100
+    assert io.current_published_run(spark, str(published)) == "v300"
+    assert sorted(p.name for p in published.iterdir()) == ["CURRENT"]  # no temporary file left
+
+
+def test_without_an_atomic_rename_the_newest_pointer_object_wins(spark, tmp_path, monkeypatch):
+    # As on s3a://: each switch writes a new pointer object; readers take the newest.
+    monkeypatch.setattr(io, "is_local", lambda location: False)
+    published = str(tmp_path / "published")
+    (tmp_path / "published").mkdir()
+    (tmp_path / "published" / "CURRENT").write_text("old\n")  # from before: the objects win
+    for i in range(1, 15):
+        io.switch_pointer(spark, published, f"v{i}")
+    objects = sorted(p.name for p in (tmp_path / "published" / io.POINTER_OBJECTS).iterdir()
+                     if not p.name.startswith("."))
+    assert len(objects) == io.KEEP_POINTER_OBJECTS + 1 and objects[-1] == f"{14:020d}"  # the newest + kept
+    assert io.current_published_run(spark, published) == "v14"
+    assert reader.current_version_dir(str(tmp_path)).endswith("/versions/v14")
+
+
+def test_pruning_and_cleaning_never_touch_a_served_version(spark, tmp_path, monkeypatch):
+    from recs.io import RunPaths
+    from recs.publish import MANIFEST, clean_leftovers, prune_versions
+
+    monkeypatch.delenv("RECS_DATABASE_URL", raising=False)
+    paths = RunPaths(str(tmp_path), "r9")
+    versions = tmp_path / "published" / "versions"
+    for i, name in enumerate(["v1", "v2", "v3", "v4"]):
+        (versions / name).mkdir(parents=True)
+        (versions / name / MANIFEST).write_text(f'{{"published_at": "2026-12-01T10:0{i}:00+00:00"}}')
+    (versions / "half-written").mkdir()  # killed before its manifest
+    (versions / "served-elsewhere").mkdir()  # no manifest, but named by a pointer: kept
+    (tmp_path / "published" / ".CURRENT.abc.tmp").write_text("v4\n")
+    from recs.config import RecsConfig
+
+    removed = clean_leftovers(spark, RecsConfig(data_root=str(tmp_path)), paths, {"served-elsewhere"})
+    assert sorted(removed) == [".CURRENT.abc.tmp", "half-written"]
+    # keep=1: the newest besides the served ones stays; v1, the oldest, is served (a rollback).
+    assert prune_versions(spark, paths, 1, {"v1", "v4"}) == ["v2"]
+    assert sorted(p.name for p in versions.iterdir()) == ["served-elsewhere", "v1", "v3", "v4"]
