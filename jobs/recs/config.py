@@ -178,6 +178,12 @@ class RecsConfig:
     )
 
     shuffle_partitions: int = field(default=8, metadata={"env": "RECS_SHUFFLE_PARTITIONS"})
+    # Local runs (`local[*]`) only, where the driver JVM is the whole of Spark: its heap
+    # (spark-submit --driver-memory, e.g. 6g; empty = a quarter of this machine's RAM,
+    # 1g to 16g) and the most a job may collect to it (empty = half the heap). On a
+    # cluster the connection's extras or spark-defaults.conf decide.
+    driver_memory: str = field(default="", metadata={"env": "RECS_DRIVER_MEMORY"})
+    driver_max_result_size: str = field(default="", metadata={"env": "RECS_DRIVER_MAX_RESULT_SIZE"})
     # Published versions kept besides the current one.
     keep_versions: int = field(default=5, metadata={"env": "RECS_KEEP_VERSIONS"})
     # PostgreSQL schema the publish step writes to when RECS_DATABASE_URL is set (recs/postgres.py;
@@ -232,6 +238,9 @@ class RecsConfig:
             raise ValueError(f"discovery_share must be in [0, 1), got {self.discovery_share}")
         if self.top_n < 1:
             raise ValueError(f"top_n must be at least 1, got {self.top_n}")
+        for name in ("driver_memory", "driver_max_result_size"):
+            if getattr(self, name) and not re.fullmatch(r"\d+[kmgt]?", getattr(self, name).lower()):
+                raise ValueError(f"{name} must be a JVM size like 512m or 6g, got {getattr(self, name)!r}")
         for name in ("database_lock_timeout_seconds", "database_statement_timeout_seconds", "lock_lease_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

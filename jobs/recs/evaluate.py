@@ -1,20 +1,16 @@
 """Evaluation: the recommender against strong baselines on a split the model never saw.
 
-Protocols:
-- time split (data with timestamps): train on events before a cutoff (the last
-  `eval_days` are the test window); test users had history before the cutoff and
-  bought, in the window, something they had not bought before;
-- leave last out (event order only): each user's last purchase is the test item.
-Validation is carved from the train part the same way, and every hyper-parameter
-(ours and the baselines') is chosen there, never on the test window. The whole
-catalog is ranked (no sampled negatives), without what the user bought before.
+The protocols (time split, leave last out) are `recs/splits.py`'s. Validation is
+carved from the train part the same way, and every hyper-parameter (ours, through
+`recs/tuning.py` as in the recommend step, and the baselines') is chosen there, never
+on the test window. The whole catalog is ranked (no sampled negatives), without what
+the user bought before.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -28,178 +24,18 @@ from recs import model as recommender
 from recs.config import RecsConfig
 from recs.io import RunPaths, write_table
 from recs.metrics import best_baseline, metrics_at_k
-from recs.model import ItemIndex, Model
+from recs.model import ItemIndex
 from recs.ordering import fixed_order
+from recs.splits import EvalSet, binary_history, eval_set, make_split, protocol_for
+from recs.tuning import tune, tune_time_settings
 
 log = logging.getLogger(__name__)
 
-TIME_SPLIT, LEAVE_LAST_OUT = "time_split", "leave_last_out"
-TREND_HALF_LIVES = (1.0, 3.0, 7.0, 14.0, 30.0, 90.0)
-NEIGHBOUR_HALF_LIVES = (3.0, 7.0, 14.0, 30.0)
-NEIGHBOUR_USERS = (100, 200, 400, 800)
 EASE_LAMBDAS = (50.0, 100.0, 200.0, 500.0, 1000.0)
 ALS_GRID = ({"regParam": 0.1, "alpha": 1.0}, {"regParam": 1.0, "alpha": 1.0}, {"regParam": 0.1, "alpha": 10.0})
 ALS_RANK = 64
 FEW_PURCHASES = 2  # users with at most this many past purchases form the "few" segment
 FEW_BUYERS = 5  # products with at most this many buyers before the cutoff form the "tail"
-
-
-@dataclass
-class Split:
-    train: DataFrame
-    relevant: pd.DataFrame  # user_id, product_id
-    protocol: str
-
-
-def time_split(events: DataFrame, days: int) -> Split:
-    # The window starts at midnight (UTC), `days` before the day of the newest event.
-    newest_day = events.agg(F.date_trunc("day", F.max("ts"))).first()[0]
-    cutoff = F.lit(newest_day) - F.expr(f"INTERVAL {int(days)} DAYS")
-    train = events.where(F.col("ts") < cutoff)
-    window = events.where((F.col("ts") >= cutoff) & (F.col("event_type") == "purchase"))
-    bought_before = train.where(F.col("event_type") == "purchase").select("user_id", "product_id").distinct()
-    relevant = (
-        window.select("user_id", "product_id")
-        .distinct()
-        .join(train.select("user_id").distinct(), "user_id")
-        .join(bought_before, ["user_id", "product_id"], "left_anti")
-    )
-    return Split(train, relevant.toPandas(), TIME_SPLIT)
-
-
-def leave_last_out(events: DataFrame) -> Split:
-    purchases = events.where(F.col("event_type") == "purchase")
-    order = Window.partitionBy("user_id").orderBy(F.col("ts").desc(), F.col("product_id").desc())
-    ranked = purchases.withColumn("_from_end", F.row_number().over(order))
-    last = ranked.where(F.col("_from_end") == 1).select("user_id", "product_id", F.col("ts").alias("_last_ts"))
-    # Train on everything before the held-out purchase; users need something left.
-    train = events.join(last.select("user_id", "_last_ts"), "user_id", "left").where(
-        F.col("_last_ts").isNull() | (F.col("ts") < F.col("_last_ts"))
-    ).drop("_last_ts")
-    train_pairs = train.where(F.col("event_type") == "purchase").select("user_id", "product_id").distinct()
-    relevant = (
-        last.select("user_id", "product_id")
-        .join(train.select("user_id").distinct(), "user_id")
-        .join(train_pairs, ["user_id", "product_id"], "left_anti")
-    )
-    return Split(train, relevant.toPandas(), LEAVE_LAST_OUT)
-
-
-def make_split(events: DataFrame, protocol: str, days: int) -> Split:
-    return time_split(events, days) if protocol == TIME_SPLIT else leave_last_out(events)
-
-
-@dataclass
-class EvalSet:
-    """A split as numpy: its test users' histories, what to exclude, what is relevant."""
-
-    users: list[str]
-    history: pd.DataFrame
-    excluded: sparse.csr_matrix
-    relevant: sparse.csr_matrix
-    buyers: np.ndarray  # users who bought each product in the train part
-    train_users: int
-    purchases_per_user: np.ndarray
-
-
-def eval_set(split: Split, index: ItemIndex, config: RecsConfig, half_life_days: float | None = None) -> EvalSet:
-    relevant = split.relevant[index.positions(split.relevant["product_id"]) >= 0]
-    users = sorted(relevant["user_id"].unique())
-    spark = split.train.sparkSession
-    wanted = spark.createDataFrame(pd.DataFrame({"user_id": users}, dtype=object), schema="user_id string")
-    user_items = recommender.user_item_weights(split.train, config, half_life_days)
-    history = recommender.scoring_history(user_items.join(F.broadcast(wanted), "user_id")).toPandas()
-    bought = history[history["purchased"]].assign(one=1.0)
-    buyers = (
-        split.train.where(F.col("event_type") == "purchase").groupBy("product_id")
-        .agg(F.countDistinct("user_id").alias("buyers")).toPandas()
-    )
-    buyer_counts = np.zeros(len(index))
-    positions = index.positions(buyers["product_id"])
-    buyer_counts[positions[positions >= 0]] = buyers["buyers"].to_numpy()[positions >= 0]
-    excluded = recommender.history_matrix(bought, users, index, "one")
-    return EvalSet(
-        users=users,
-        history=history,
-        excluded=excluded,
-        relevant=recommender.history_matrix(relevant.assign(one=1.0), users, index, "one"),
-        buyers=buyer_counts,
-        train_users=split.train.select("user_id").distinct().count(),
-        purchases_per_user=np.asarray(excluded.sum(axis=1)).ravel(),
-    )
-
-
-def binary_history(evaluation: EvalSet, index: ItemIndex) -> sparse.csr_matrix:
-    return recommender.history_matrix(evaluation.history.assign(one=1.0), evaluation.users, index, "one")
-
-
-# --- Our recommender, tuned on validation -----------------------------------------
-
-
-def tune_trend_half_life(
-    events: DataFrame, index: ItemIndex, evaluation: EvalSet, config: RecsConfig
-) -> tuple[float, dict[float, np.ndarray]]:
-    """The half-life whose trending list ranks best on `evaluation` (the trending baseline)."""
-    trends = {h: recommender.trend_vector(events, index, h, config) for h in TREND_HALF_LIVES}
-    scores = {
-        h: recommender.ndcg(np.tile(t, (len(evaluation.users), 1)), evaluation.excluded, evaluation.relevant,
-                            config.eval_k)
-        for h, t in trends.items()
-    }
-    return max(scores, key=scores.get), trends
-
-
-def tune_neighbours(
-    events: DataFrame, index: ItemIndex, evaluation: EvalSet, config: RecsConfig
-) -> tuple[RecsConfig, recommender.Customers]:
-    """`config` with the half-life and the number of similar customers whose
-    "neighbours" signal alone ranks best on `evaluation`, and those customers."""
-    results = {}
-    for half_life in sorted({config.neighbour_half_life_days, *NEIGHBOUR_HALF_LIVES}):
-        profiles = recommender.customer_profiles(
-            events, index, dataclasses.replace(config, neighbour_half_life_days=half_life))
-        for users in sorted({config.neighbour_users, *NEIGHBOUR_USERS}):
-            customers = dataclasses.replace(profiles, neighbours=users)
-            scores = recommender.neighbour_scores(customers, evaluation.users, len(index)).toarray()
-            results[half_life, users] = (
-                recommender.ndcg(scores, evaluation.excluded, evaluation.relevant, config.eval_k), customers)
-    half_life, users = max(results, key=lambda key: results[key][0])
-    tuned = dataclasses.replace(config, neighbour_half_life_days=half_life, neighbour_users=users)
-    return tuned, results[half_life, users][1]
-
-
-def tuned_model(
-    events: DataFrame, index: ItemIndex, content: pd.DataFrame, clusters: pd.DataFrame, config: RecsConfig,
-    protocol: str,
-) -> tuple[Model, dict]:
-    """Choose the blend weights, the trend half-life and the similar customers on a
-    validation split carved from `events`, then fit on all of `events` with them."""
-    if not config.tune_weights:
-        return recommender.fit_model(events, index, content, clusters, config), {"tuned": False}
-    validation = make_split(events, protocol, config.eval_days)
-    if validation.relevant.empty:
-        log.warning("no validation users: using the configured weights")
-        return recommender.fit_model(events, index, content, clusters, config), {"tuned": False}
-    validation_set = eval_set(validation, index, config)
-    half_life, _ = tune_trend_half_life(validation.train, index, validation_set, config)
-    config, validation_customers = tune_neighbours(validation.train, index, validation_set, config)
-    validation_model = recommender.fit_model(
-        validation.train, index, content, clusters, config, trend_half_life_days=half_life,
-        customers=validation_customers,
-    )
-    scores = recommender.signal_scores(validation_model, validation_set.history, validation_set.users)
-    weights, validation_ndcg = recommender.tune_weights(
-        scores, validation_set.excluded, validation_set.relevant, config.eval_k, recommender.default_weights(config)
-    )
-    log.info("tuned on %d validation users: weights %s, trend half-life %s days, %d similar customers with a "
-             "half-life of %s days, NDCG@%d %.4f", len(validation_set.users), weights, half_life,
-             config.neighbour_users, config.neighbour_half_life_days, config.eval_k, validation_ndcg)
-    model = recommender.fit_model(events, index, content, clusters, config, weights, half_life)
-    return model, {
-        "tuned": True, "weights": weights, "trend_half_life_days": half_life,
-        "neighbour_half_life_days": config.neighbour_half_life_days, "neighbour_users": config.neighbour_users,
-        "validation_ndcg": validation_ndcg, "validation_users": len(validation_set.users),
-    }
 
 
 # --- Baselines ------------------------------------------------------------------------
@@ -210,16 +46,16 @@ def tiled(vector: np.ndarray, users: int) -> np.ndarray:
 
 
 def cosine_scores(counts: recommender.Counts, index: ItemIndex, history: sparse.csr_matrix) -> np.ndarray:
-    """Item-kNN with all neighbours: sum of cosine similarities to the user's products."""
-    cosine = recommender.cosine_from_counts(recommender.pairs_to_matrix(counts.cooccurrence, index, "both"))
-    cosine.setdiag(0)
+    """Item-kNN: sum of cosine similarities to the user's products, each product's
+    `neighbours_per_product` nearest (what Spark keeps)."""
+    cosine = recommender.pairs_to_matrix(counts.covisit, index, "score")
     return np.asarray((history @ cosine).todense(), dtype=np.float32)
 
 
 def ease_scores(
     counts: recommender.Counts, index: ItemIndex, history: sparse.csr_matrix, regularisation: float, max_items: int
 ) -> np.ndarray:
-    gram = recommender.pairs_to_matrix(counts.cooccurrence, index, "both")
+    gram = recommender.pairs_to_matrix(counts.ease, index, "both")
     weights = recommender.ease_from_counts(gram, regularisation, max_items)
     return np.asarray((history @ weights).todense(), dtype=np.float32)
 
@@ -310,18 +146,9 @@ def evaluate_methods(
         return max(candidates, key=lambda c: recommender.ndcg(validation_scores(c), validation.excluded,
                                                               validation.relevant, k))
 
-    def tune(scores, start: dict, fixed: dict) -> dict:
-        if not can_tune:
-            return {**start, **fixed}
-        return recommender.tune_weights(scores, validation.excluded, validation.relevant, k, start, fixed)[0]
-
     # Ours: the same procedure as the recommend step, on the train part only.
-    half_life = (
-        tune_trend_half_life(inner.train, index, validation, config)[0] if can_tune else config.trend_half_life_days
-    )
-    ours, validation_customers = (
-        tune_neighbours(inner.train, index, validation, config) if can_tune else (config, None)
-    )
+    settings = tune_time_settings(inner.train, index, validation, config)
+    ours, half_life, validation_customers = settings.config, settings.trend_half_life_days, settings.customers
     validation_model = recommender.fit_model(inner.train, index, content, clusters, ours,
                                              trend_half_life_days=half_life, counts=inner_counts,
                                              customers=validation_customers)
@@ -332,7 +159,7 @@ def evaluate_methods(
     start = recommender.default_weights(config)
     tuned = {}
     for name, fixed in (("published", {}), ("without_text", dict.fromkeys(recommender.TEXT_SIGNALS, 0.0))):
-        weights = tune(validation_scores, start, fixed)
+        weights = tune(validation_scores, validation, start, k, fixed)[0]
         tuned[name] = weights
         tops[name] = recommender.ranked(test_scores, weights, test.excluded, k, config.discovery_share)[0]
     # Without time: no recency decay in histories, no "bought next", no similar customers' recent buys, no trending.
@@ -341,7 +168,7 @@ def evaluate_methods(
     flat_test = eval_set(split, index, config, half_life_days=flat)
     flat_validation_scores = recommender.signal_scores(validation_model, flat_validation.history, validation.users)
     flat_test_scores = recommender.signal_scores(test_model, flat_test.history, test.users)
-    weights = tune(flat_validation_scores, start, dict.fromkeys(recommender.TIME_SIGNALS, 0.0))
+    weights = tune(flat_validation_scores, validation, start, k, dict.fromkeys(recommender.TIME_SIGNALS, 0.0))[0]
     tuned["without_time"] = weights
     tops["without_time"] = recommender.ranked(
         flat_test_scores, weights, test.excluded, k, config.discovery_share)[0]
@@ -381,12 +208,6 @@ def evaluate_methods(
         "als": {"rank": ALS_RANK, **ALS_GRID[als_index]},
     }
     return pd.DataFrame(rows), tuning
-
-
-def protocol_for(spark: SparkSession, paths: RunPaths) -> str:
-    """Time split when the source has real timestamps (the preprocess step says)."""
-    stats = io.read_json(spark, paths.stats("preprocess"))
-    return TIME_SPLIT if stats.get("timestamps", True) else LEAVE_LAST_OUT
 
 
 def headline(metrics: pd.DataFrame, k: int) -> dict:

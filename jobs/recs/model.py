@@ -2,9 +2,11 @@
 products, blended with weights tuned on a validation split.
 
 Spark counts what needs the whole event log (user-product weights, co-occurrences,
-"bought next" transitions, product popularity); the driver turns the counts into
-compact item x item matrices (top `neighbours_per_product` entries a row), which are
-broadcast, and each Spark task scores its block of users with sparse algebra.
+"bought next" transitions, product popularity) and cuts each item-item signal to its
+top `neighbours_per_product` per product there, so the driver receives O(products x K)
+rows, never all pairs (EASE, a dense inverse, only sees its `ease_max_items` most
+popular products). The driver turns those rows into compact sparse item x item
+matrices, which are broadcast, and each Spark task scores its block of users.
 
 Signals, each normalised per user to [0, 1] before blending:
 - covisit: item-kNN, cosine of two products' user sets;
@@ -85,26 +87,70 @@ def recent_history(user_items: DataFrame, limit: int) -> DataFrame:
     return ranked.where(F.col("_recency") <= limit).drop("_recency")
 
 
-def cooccurrence_counts(history: DataFrame) -> DataFrame:
-    """(product_id, neighbour_id, both): users who interacted with both; the diagonal
-    holds each product's own user count."""
+def top_per_product(pairs: DataFrame, keep: int, value: str = "score") -> DataFrame:
+    """Each product's `keep` best neighbours by `value`, with their `rank`; ties go to
+    the smaller neighbour id, so a run is reproducible."""
+    order = Window.partitionBy("product_id").orderBy(F.col(value).desc(), F.col("neighbour_id"))
+    return pairs.withColumn("rank", F.row_number().over(order)).where(F.col("rank") <= keep)
+
+
+def pair_counts(history: DataFrame) -> DataFrame:
+    """(product_id, neighbour_id, both): users who interacted with both of two distinct
+    products (in both orders). Each unordered pair is counted once, then mirrored:
+    half the shuffle of a plain self-join."""
     pairs = history.select("user_id", "product_id")
     other = pairs.withColumnRenamed("product_id", "neighbour_id")
-    return pairs.join(other, "user_id").groupBy("product_id", "neighbour_id").agg(F.count("*").alias("both"))
+    once = (
+        pairs.join(other, "user_id")
+        .where(F.col("product_id") < F.col("neighbour_id"))
+        .groupBy("product_id", "neighbour_id")
+        .agg(F.count("*").alias("both"))
+    )
+    mirrored = once.select(F.col("neighbour_id").alias("product_id"), F.col("product_id").alias("neighbour_id"), "both")
+    return once.unionByName(mirrored)
+
+
+def product_users(history: DataFrame) -> DataFrame:
+    """(product_id, users): the diagonal of the co-occurrence counts."""
+    return history.groupBy("product_id").agg(F.count("*").alias("users"))
+
+
+def covisit_edges(history: DataFrame, keep: int) -> DataFrame:
+    """(product_id, neighbour_id, score): cosine of two products' user sets, the `keep`
+    best per product, computed and cut in Spark."""
+    users = product_users(history)
+    theirs = users.select(F.col("product_id").alias("neighbour_id"), F.col("users").alias("their_users"))
+    cosine = (
+        pair_counts(history).join(users, "product_id").join(theirs, "neighbour_id")
+        .select("product_id", "neighbour_id",
+                (F.col("both") / F.sqrt(F.col("users") * F.col("their_users"))).alias("score"))
+    )
+    return top_per_product(cosine, keep).select("product_id", "neighbour_id", "score")
+
+
+def ease_counts(history: DataFrame, max_items: int) -> DataFrame:
+    """(product_id, neighbour_id, both), diagonal included, among the `max_items`
+    products with the most users (ties: the smaller id): all EASE^R needs, bounded by
+    max_items squared whatever the catalog."""
+    order = Window.orderBy(F.col("users").desc(), F.col("product_id"))
+    popular = product_users(history).withColumn("_rank", F.row_number().over(order)).where(
+        F.col("_rank") <= max_items).select("product_id")
+    kept = history.select("user_id", "product_id").join(F.broadcast(popular), "product_id")
+    other = kept.withColumnRenamed("product_id", "neighbour_id")
+    return kept.join(other, "user_id").groupBy("product_id", "neighbour_id").agg(F.count("*").alias("both"))
 
 
 def transition_counts(events: DataFrame, window: int) -> DataFrame:
     """(product_id, neighbour_id, count): b was among the next `window` distinct
-    products a user interacted with after a (in time order)."""
+    products a user interacted with after a (in time order). `lead` over each user's
+    sequence: linear in events, where a self-join of the sequence is quadratic per user."""
     firsts = events.groupBy("user_id", "product_id").agg(F.min("ts").alias("first_ts"))
     order = Window.partitionBy("user_id").orderBy("first_ts", "product_id")
-    sequenced = firsts.withColumn("position", F.row_number().over(order))
-    later = sequenced.select(
-        "user_id", F.col("product_id").alias("neighbour_id"), F.col("position").alias("later_position")
-    )
+    following = F.array(*[F.lead("product_id", step).over(order) for step in range(1, window + 1)])
     return (
-        sequenced.join(later, "user_id")
-        .where((F.col("later_position") > F.col("position")) & (F.col("later_position") <= F.col("position") + window))
+        firsts.select("product_id", following.alias("following"))
+        .select("product_id", F.explode("following").alias("neighbour_id"))
+        .where(F.col("neighbour_id").isNotNull())
         .groupBy("product_id", "neighbour_id")
         .agg(F.count("*").alias("count"))
     )
@@ -164,13 +210,6 @@ def pairs_to_matrix(pairs: pd.DataFrame, index: ItemIndex, value: str) -> sparse
     return sparse.csr_matrix((values, (rows[known], cols[known])), shape=(len(index), len(index)))
 
 
-def cosine_from_counts(counts: sparse.csr_matrix) -> sparse.csr_matrix:
-    """Cosine of user sets from co-occurrence counts (diagonal = each product's users)."""
-    users = np.sqrt(np.maximum(counts.diagonal(), 1))
-    scale = sparse.diags(1.0 / users)
-    return (scale @ counts @ scale).tocsr()
-
-
 def ease_from_counts(counts: sparse.csr_matrix, regularisation: float, max_items: int) -> sparse.csr_matrix:
     """EASE^R: B = I - P diag(1/diag(P)), P = (G + lambda I)^-1, on the `max_items`
     most popular products (a dense inverse: memory grows with its square)."""
@@ -219,20 +258,20 @@ class Model:
 
 def build_edges(
     index: ItemIndex,
-    counts: pd.DataFrame,
-    transitions: pd.DataFrame,
+    counts: Counts,
     content: pd.DataFrame,
     config: RecsConfig,
     ease_regularisation: float | None = None,
 ) -> dict[str, sparse.csr_matrix]:
+    """The item x item matrices from what Spark counted (already top K per product)."""
     keep = config.neighbours_per_product
-    count_matrix = pairs_to_matrix(counts, index, "both")
+    ease_gram = pairs_to_matrix(counts.ease, index, "both")
     return {
-        "covisit": top_per_row(cosine_from_counts(count_matrix), keep),
+        "covisit": pairs_to_matrix(counts.covisit, index, "score").astype(np.float32),
         "ease": top_per_row(
-            ease_from_counts(count_matrix, ease_regularisation or config.ease_lambda, config.ease_max_items), keep
+            ease_from_counts(ease_gram, ease_regularisation or config.ease_lambda, config.ease_max_items), keep
         ),
-        "next": row_normalised(top_per_row(pairs_to_matrix(transitions, index, "count"), keep)),
+        "next": row_normalised(pairs_to_matrix(counts.transitions, index, "count").astype(np.float32)),
         "content": top_per_row(pairs_to_matrix(content, index, "score"), keep),
     }
 
@@ -433,16 +472,28 @@ def trend_vector(events: DataFrame, index: ItemIndex, half_life_days: float, con
 
 @dataclass
 class Counts:
-    """What Spark counted over an event log, as pandas pair tables."""
+    """What Spark counted over an event log, as pandas pair tables: O(products x K)
+    rows, plus EASE's counts among at most `ease_max_items` products."""
 
-    cooccurrence: pd.DataFrame  # product_id, neighbour_id, both (diagonal: users per product)
-    transitions: pd.DataFrame  # product_id, neighbour_id, count
+    covisit: pd.DataFrame  # product_id, neighbour_id, score: cosine, top K per product
+    transitions: pd.DataFrame  # product_id, neighbour_id, count: top K per product
+    ease: pd.DataFrame  # product_id, neighbour_id, both (diagonal: users) among the most popular
 
 
 def count_pairs(events: DataFrame, config: RecsConfig) -> Counts:
-    user_items = user_item_weights(events, config)
-    cooccurrence = cooccurrence_counts(recent_history(user_items, config.max_history_for_pairs)).toPandas()
-    return Counts(cooccurrence, transition_counts(events, config.next_window).toPandas())
+    """Count co-occurrences (each user's `max_history_for_pairs` most recent products)
+    and transitions in Spark, each cut to its top `neighbours_per_product` per product there."""
+    keep = config.neighbours_per_product
+    history = recent_history(user_item_weights(events, config), config.max_history_for_pairs).select(
+        "user_id", "product_id").persist()
+    transitions = top_per_product(transition_counts(events, config.next_window), keep, "count")
+    counts = Counts(
+        covisit=covisit_edges(history, keep).toPandas(),
+        transitions=transitions.select("product_id", "neighbour_id", "count").toPandas(),
+        ease=ease_counts(history, config.ease_max_items).toPandas(),
+    )
+    history.unpersist()
+    return counts
 
 
 def customer_profiles(events: DataFrame, index: ItemIndex, config: RecsConfig) -> Customers:
@@ -479,7 +530,7 @@ def fit_model(
     counts = counts or count_pairs(events, config)
     return Model(
         index=index,
-        edges=build_edges(index, counts.cooccurrence, counts.transitions, content, config),
+        edges=build_edges(index, counts, content, config),
         cluster_of=cluster_positions(index, clusters),
         trend=trend_vector(events, index, trend_half_life_days or config.trend_half_life_days, config),
         weights=weights or default_weights(config),

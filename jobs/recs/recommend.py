@@ -3,7 +3,7 @@
 Similar products are the nearest text embeddings, computed by multiplying blocks of
 the catalog against the broadcast catalog matrix (never an all-pairs cross join of
 rows). User recommendations come from the blended recommender of `recs/model.py`,
-its weights tuned on a validation split of the data (`recs/evaluate.py`); every
+its weights tuned on a validation split of the data (`recs/tuning.py`); every
 user's block of the catalog is scored in a Spark task against the broadcast model.
 Products a user already bought are never recommended.
 """
@@ -15,18 +15,29 @@ from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recs import io
 from recs.config import RecsConfig
 from recs.embeddings.base import normalise_rows
-from recs.evaluate import protocol_for, tuned_model
 from recs.io import RunPaths, write_table
-from recs.model import SIMILAR_CUSTOMERS, Model, catalog_index, recommend_block, scoring_history, user_item_weights
+from recs.model import (
+    SIMILAR_CUSTOMERS,
+    Model,
+    catalog_index,
+    recommend_block,
+    scoring_history,
+    top_per_product,
+    user_item_weights,
+)
+from recs.splits import protocol_for
+from recs.tuning import tuned_model
 
 log = logging.getLogger(__name__)
 
+# Content neighbours: scores computed at once per block (float32: 100 MB).
+SCORES_PER_BLOCK = 25_000_000
 NEIGHBOUR_SCHEMA = "product_id string, neighbour_id string, score double"
 RECOMMENDATION_SCHEMA = (
     "user_id string, rank int, product_id string, score double, reason_product_id string, reason_event string"
@@ -34,17 +45,16 @@ RECOMMENDATION_SCHEMA = (
 EVENT_VERBS = {"purchase": "bought", "add_to_cart": "added to your cart", "view": "viewed"}
 
 
-def top_per_product(pairs: DataFrame, top_m: int) -> DataFrame:
-    order = Window.partitionBy("product_id").orderBy(F.col("score").desc(), F.col("neighbour_id"))
-    return pairs.withColumn("rank", F.row_number().over(order)).where(F.col("rank") <= top_m)
-
-
-def content_neighbours(spark: SparkSession, embeddings: DataFrame, top_m: int) -> DataFrame:
+def content_neighbours(
+    spark: SparkSession, embeddings: DataFrame, top_m: int, scores_per_block: int = SCORES_PER_BLOCK
+) -> DataFrame:
     """Top-m cosine neighbours of every product from its text embedding.
 
     The catalog matrix (products x dimensions, float32: 150 MB for 100k products of
     384 dimensions) is broadcast once; each task multiplies its block of products
-    against it and keeps the best m, so memory stays O(catalog) per executor.
+    against it and keeps the best m, so memory stays O(catalog) per executor. A block
+    holds at most `scores_per_block` scores: an Arrow batch of 10,000 products against
+    a catalog of 100k would be a 4 GB matrix, and its sort a second one.
     """
     catalog = embeddings.select("product_id", "embedding").toPandas()
     ids = catalog["product_id"].to_numpy()
@@ -55,20 +65,21 @@ def content_neighbours(spark: SparkSession, embeddings: DataFrame, top_m: int) -
     def neighbours(blocks: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         all_ids, all_vectors = shared.value
         position = pd.Index(all_ids)
-        for block in blocks:
-            if block.empty or keep == 0:
-                continue
-            scores = normalise_rows(np.stack(block["embedding"].to_numpy())) @ all_vectors.T
-            scores[np.arange(len(block)), position.get_indexer(block["product_id"])] = -np.inf
-            best = np.argpartition(-scores, keep - 1, axis=1)[:, :keep]
-            best_scores = np.take_along_axis(scores, best, axis=1)
-            yield pd.DataFrame(
-                {
-                    "product_id": np.repeat(block["product_id"].to_numpy(), keep),
-                    "neighbour_id": all_ids[best].ravel(),
-                    "score": best_scores.ravel().astype("float64"),
-                }
-            )
+        rows_per_block = max(1, scores_per_block // max(len(all_ids), 1))
+        for batch in blocks:
+            for start in range(0, len(batch) if keep else 0, rows_per_block):
+                block = batch.iloc[start:start + rows_per_block]
+                scores = normalise_rows(np.stack(block["embedding"].to_numpy())) @ all_vectors.T
+                scores[np.arange(len(block)), position.get_indexer(block["product_id"])] = -np.inf
+                best = np.argpartition(-scores, keep - 1, axis=1)[:, :keep]
+                best_scores = np.take_along_axis(scores, best, axis=1)
+                yield pd.DataFrame(
+                    {
+                        "product_id": np.repeat(block["product_id"].to_numpy(), keep),
+                        "neighbour_id": all_ids[best].ravel(),
+                        "score": best_scores.ravel().astype("float64"),
+                    }
+                )
 
     return embeddings.select("product_id", "embedding").mapInPandas(neighbours, NEIGHBOUR_SCHEMA)
 

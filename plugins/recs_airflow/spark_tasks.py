@@ -43,13 +43,48 @@ def build_dir() -> Path:
 
 # Job-level Spark settings that do not depend on the cluster. Resource sizing
 # (executor memory, cores) belongs to the `spark_default` connection's extras or
-# the cluster's spark-defaults.conf.
+# the cluster's spark-defaults.conf; on `local[*]` see `local_driver_memory`.
 SPARK_CONF = {
     "spark.ui.enabled": "false",
     "spark.log.level": "WARN",
     "spark.sql.adaptive.enabled": "true",
     "spark.python.worker.reuse": "true",
 }
+
+MIB = 2**20
+
+
+def local_driver_memory(config: RecsConfig, total_bytes: int | None = None) -> tuple[str, str]:
+    """(--driver-memory, spark.driver.maxResultSize) for a `local[*]` run.
+
+    There the driver JVM holds every executor, and Spark's default heap (1g) is what
+    a real shop's counts die in. It must be given to spark-submit: once the JVM runs,
+    a session builder cannot grow its heap. Unless set (RECS_DRIVER_MEMORY,
+    RECS_DRIVER_MAX_RESULT_SIZE): a quarter of the machine's RAM, between 1g and 16g
+    (the Python workers and the driver's numpy live beside it), and half of it for
+    results collected to the driver.
+    """
+    if total_bytes is None:
+        import psutil
+
+        total_bytes = psutil.virtual_memory().total
+    heap = config.driver_memory or f"{min(16 * 1024, max(1024, total_bytes // 4 // MIB))}m"
+    return heap, config.driver_max_result_size or f"{max(1, _mebibytes(heap) // 2)}m"
+
+
+def _mebibytes(size: str) -> int:
+    units = {"k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024}
+    size = size.lower()
+    return int(float(size[:-1]) * units[size[-1]]) if size[-1] in units else int(size) // MIB
+
+
+def is_local_master(conn_id: str) -> bool:
+    """Does the Spark connection run the job inside the driver (`local`, `local[*]`, `local[4]`)?"""
+    try:
+        host = BaseHook.get_connection(conn_id).host or ""
+    except AirflowNotFoundException:
+        return False
+    return host.startswith("local")
 
 
 def build_package_zip(source: Path | None = None, target_dir: Path | None = None) -> Path:
@@ -146,6 +181,7 @@ class RecsSparkSubmitOperator(SparkSubmitOperator):
         if earlier and self.task_id != "publish":
             raise AirflowSkipException(f"this DAG run only publishes the earlier run {earlier}")
         self.py_files = str(build_package_zip())
+        self.size_local_driver()
         export_openai_key()
         export_database_url()
         started = time.time()
@@ -177,6 +213,14 @@ class RecsSparkSubmitOperator(SparkSubmitOperator):
         except (OSError, ValueError):
             return None
         return {"error": errors.one_line(record.get("error", "")), "final": bool(record.get("final"))}
+
+    def size_local_driver(self) -> None:
+        """On `local[*]`, give the driver its heap and result limit (a cluster's
+        connection and spark-defaults.conf decide there; nothing is changed)."""
+        if is_local_master(self._conn_id):
+            memory, max_result = local_driver_memory(RecsConfig.load())
+            self._driver_memory = self._driver_memory or memory
+            self.conf = {"spark.driver.maxResultSize": max_result, **(self.conf or {})}
 
 
 def spark_step(step: str, **kwargs) -> RecsSparkSubmitOperator:

@@ -9,22 +9,15 @@ import pandas as pd
 import pytest
 from scipy import sparse
 
-from recs import evaluate, model
+from recs import model, tuning
 from recs.config import RecsConfig
-from recs.evaluate import eval_set, time_split
+from recs.splits import eval_set, time_split
 
 
 def test_top_per_row_keeps_the_largest_positive_off_diagonal_entries():
     matrix = np.array([[9, 1, 3, 2], [4, 9, -5, 1], [0, 0, 9, 0], [1, 2, 3, 9]], dtype=float)
     kept = model.top_per_row(matrix, 2).toarray()
     np.testing.assert_array_equal(kept, [[0, 0, 3, 2], [4, 0, 0, 1], [0, 0, 0, 0], [0, 2, 3, 0]])
-
-
-def test_cosine_from_counts():
-    # Product 0 bought by 4 users, product 1 by 1 user, both by 1 user.
-    counts = sparse.csr_matrix(np.array([[4.0, 1.0], [1.0, 1.0]]))
-    cosine = model.cosine_from_counts(counts).toarray()
-    assert cosine[0, 1] == pytest.approx(1 / np.sqrt(4 * 1))
 
 
 def test_ease_matches_the_closed_form():
@@ -182,9 +175,9 @@ def test_tune_neighbours_returns_the_customers_of_the_chosen_settings(spark):
     split = time_split(events, config.eval_days)
     index = model.ItemIndex(np.array(sorted({row[1] for row in rows})))
     evaluation = eval_set(split, index, config)
-    tuned, customers = evaluate.tune_neighbours(split.train, index, evaluation, config)
-    assert tuned.neighbour_half_life_days in {5.0, *evaluate.NEIGHBOUR_HALF_LIVES}
-    assert tuned.neighbour_users in {50, *evaluate.NEIGHBOUR_USERS}
+    tuned, customers = tuning.tune_neighbours(split.train, index, evaluation, config)
+    assert tuned.neighbour_half_life_days in {5.0, *tuning.NEIGHBOUR_HALF_LIVES}
+    assert tuned.neighbour_users in {50, *tuning.NEIGHBOUR_USERS}
     assert customers.neighbours == tuned.neighbour_users
     # The customers are those of the chosen half-life: the same as counting afresh with it.
     fresh = model.customer_profiles(split.train, index, tuned)

@@ -18,10 +18,12 @@ from recs.model import (
     SIMILAR_CUSTOMERS,
     ItemIndex,
     Model,
-    cooccurrence_counts,
-    cosine_from_counts,
+    count_pairs,
+    covisit_edges,
     customer_profiles,
     customers_from_pairs,
+    ease_counts,
+    pair_counts,
     pairs_to_matrix,
     recent_history,
     recommend_block,
@@ -96,15 +98,114 @@ def test_recent_history_and_scoring_history(spark):
 
 def test_cooccurrence_cosine(spark):
     # U1: A B; U2: A B C; U3: A C  ->  users: A 3, B 2, C 2; together: AB 2, AC 2, BC 1.
-    pairs = [("U1", "A"), ("U1", "B"), ("U2", "A"), ("U2", "B"), ("U2", "C"), ("U3", "A"), ("U3", "C")]
-    counts = cooccurrence_counts(spark.createDataFrame(pairs, "user_id string, product_id string")).toPandas()
+    pairs = spark.createDataFrame(
+        [("U1", "A"), ("U1", "B"), ("U2", "A"), ("U2", "B"), ("U2", "C"), ("U3", "A"), ("U3", "C")],
+        "user_id string, product_id string",
+    )
     index = ItemIndex(np.array(["A", "B", "C"]))
-    matrix = pairs_to_matrix(counts, index, "both").toarray()
-    assert matrix.tolist() == [[3, 2, 2], [2, 2, 1], [2, 1, 2]]  # the diagonal counts each product's users
+    matrix = pairs_to_matrix(pair_counts(pairs).toPandas(), index, "both").toarray()
+    assert matrix.tolist() == [[0, 2, 2], [2, 0, 1], [2, 1, 0]]
 
-    cosine = top_per_row(cosine_from_counts(sparse.csr_matrix(matrix)), 5).toarray()
+    cosine = pairs_to_matrix(covisit_edges(pairs, 5).toPandas(), index, "score").toarray()
     ab, ac, bc = 2 / math.sqrt(3 * 2), 2 / math.sqrt(3 * 2), 1 / math.sqrt(2 * 2)
     assert cosine == pytest.approx(np.array([[0, ab, ac], [ab, 0, bc], [ac, bc, 0]]), abs=1e-6)
+
+
+def random_interactions(seed: int, users: int = 40, products: int = 12) -> list[tuple[str, str, int]]:
+    """(user, product, minute) rows: each user meets a few products, popular ones more."""
+    rng = np.random.default_rng(seed)
+    rows, appeal = [], np.linspace(2, 1, products)
+    for user in range(users):
+        chosen = rng.choice(products, size=rng.integers(1, 7), replace=False, p=appeal / appeal.sum())
+        rows += [(f"U{user:02d}", f"P{item:02d}", int(rng.integers(0, 50))) for item in chosen]
+    return rows
+
+
+def driver_cosine(rows, index: ItemIndex) -> np.ndarray:
+    """What the driver computed before: the users x products 0/1 matrix's Gram
+    (the co-occurrence self-join), scaled by each product's users, diagonal dropped."""
+    users = sorted({u for u, _, _ in rows})
+    binary = np.zeros((len(users), len(index)))
+    for user, product, _ in rows:
+        binary[users.index(user), index.positions([product])[0]] = 1
+    gram = binary.T @ binary
+    scale = 1 / np.sqrt(np.maximum(np.diag(gram), 1))
+    cosine = gram * scale[:, None] * scale[None, :]
+    np.fill_diagonal(cosine, 0)
+    return cosine
+
+
+def test_spark_top_k_cosine_equals_the_driver_side_result(spark):
+    rows = random_interactions(seed=3)
+    history = spark.createDataFrame([(u, p) for u, p, _ in rows], "user_id string, product_id string").cache()
+    index = ItemIndex(np.array([f"P{i:02d}" for i in range(12)]))
+    expected = driver_cosine(rows, index)
+    # Every neighbour kept: the whole cosine matrix, value for value.
+    whole = pairs_to_matrix(covisit_edges(history, 20).toPandas(), index, "score").toarray()
+    np.testing.assert_allclose(whole, expected, atol=1e-12)
+    # The best 3 per product: the driver's top 3 of each row, ties to the smaller id.
+    kept = covisit_edges(history, 3).toPandas()
+    assert kept.groupby("product_id").size().max() == 3
+    for row, product in enumerate(index.ids):
+        order = sorted((-value, col) for col, value in enumerate(expected[row]) if value > 0)[:3]
+        mine = kept[kept["product_id"] == product].sort_values(["score", "neighbour_id"], ascending=[False, True])
+        assert list(mine["neighbour_id"]) == [index.ids[col] for _, col in order]
+        np.testing.assert_allclose(mine["score"], [-value for value, _ in order], atol=1e-12)
+    history.unpersist()
+
+
+def test_ease_counts_cover_only_the_most_popular_products(spark):
+    rows = random_interactions(seed=5)
+    history = spark.createDataFrame([(u, p) for u, p, _ in rows], "user_id string, product_id string")
+    index = ItemIndex(np.array([f"P{i:02d}" for i in range(12)]))
+    users = sorted({u for u, _, _ in rows})
+    binary = np.zeros((len(users), len(index)))
+    for user, product, _ in rows:
+        binary[users.index(user), index.positions([product])[0]] = 1
+    gram = binary.T @ binary
+    popular = sorted(range(len(index)), key=lambda i: (-gram[i, i], index.ids[i]))[:4]
+    got = pairs_to_matrix(ease_counts(history, 4).toPandas(), index, "both").toarray()
+    expected = np.zeros_like(gram)
+    expected[np.ix_(popular, popular)] = gram[np.ix_(popular, popular)]
+    np.testing.assert_array_equal(got, expected)
+
+
+def self_join_transitions(events, window: int):
+    """The old procedure: each user's sequence joined with itself on positions."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    firsts = events.groupBy("user_id", "product_id").agg(F.min("ts").alias("first_ts"))
+    order = Window.partitionBy("user_id").orderBy("first_ts", "product_id")
+    sequenced = firsts.withColumn("position", F.row_number().over(order))
+    later = sequenced.select(
+        "user_id", F.col("product_id").alias("neighbour_id"), F.col("position").alias("later_position"))
+    return (
+        sequenced.join(later, "user_id")
+        .where((F.col("later_position") > F.col("position")) & (F.col("later_position") <= F.col("position") + window))
+        .groupBy("product_id", "neighbour_id").agg(F.count("*").alias("count"))
+    )
+
+
+def test_window_transitions_equal_the_self_join(spark):
+    rows = random_interactions(seed=11)
+    events = spark.createDataFrame(
+        [(u, p, "view", 1, NOW + timedelta(minutes=m)) for u, p, m in rows], EVENTS_SCHEMA)
+    for window in (1, 3):
+        got = {(r["product_id"], r["neighbour_id"]): r["count"] for r in transition_counts(events, window).collect()}
+        expected = {(r["product_id"], r["neighbour_id"]): r["count"]
+                    for r in self_join_transitions(events, window).collect()}
+        assert got == expected and len(got) > 10
+
+
+def test_the_driver_receives_at_most_k_neighbours_per_product(spark):
+    rows = random_interactions(seed=13, users=60)
+    events = spark.createDataFrame(
+        [(u, p, "purchase", 1, NOW + timedelta(minutes=m)) for u, p, m in rows], EVENTS_SCHEMA)
+    counts = count_pairs(events, RecsConfig(neighbours_per_product=2, next_window=3, ease_max_items=5))
+    for table in (counts.covisit, counts.transitions):
+        assert table.groupby("product_id").size().max() == 2
+    assert counts.ease["product_id"].nunique() == 5 and counts.ease["neighbour_id"].nunique() == 5
 
 
 def test_transition_counts(spark):
@@ -166,7 +267,9 @@ def brute_force_neighbours(ids: list[str], vectors: np.ndarray) -> dict[str, lis
     }
 
 
-def test_content_neighbours_match_brute_force(spark):
+@pytest.mark.parametrize("scores_per_block", [25_000_000, 30])
+def test_content_neighbours_match_brute_force(spark, scores_per_block):
+    # 30 scores per block: two products at a time against the 12 of the catalog.
     rng = np.random.default_rng(3)
     vectors = rng.normal(size=(12, 5)).astype(np.float32)
     ids = [f"P{i:02d}" for i in range(len(vectors))]
@@ -174,7 +277,7 @@ def test_content_neighbours_match_brute_force(spark):
         [(pid, [float(x) for x in v]) for pid, v in zip(ids, vectors, strict=True)],
         "product_id string, embedding array<float>",
     ).repartition(3)  # several blocks, each against the whole broadcast catalog
-    content = content_neighbours(spark, frame, 3).cache()
+    content = content_neighbours(spark, frame, 3, scores_per_block).cache()
     expected = brute_force_neighbours(ids, vectors)
     got: dict[str, list[tuple[float, str]]] = {}
     for r in content.collect():

@@ -62,3 +62,28 @@ def test_no_bad_rows_when_asked(tmp_path):
     assert all(p["product_id"].startswith("P") and p["price"] != "abc" for p in products)
     assert {e["event_type"] for e in events} <= {"view", "add_to_cart", "purchase"}
     assert all(e["user_id"] and e["quantity"] in {"1", "2", "3"} for e in events)
+
+
+def test_scale_shop_has_a_real_stores_shape(tmp_path):
+    import pandas as pd
+
+    from recs.contract import EVENT_COLUMNS, PRODUCT_COLUMNS
+    from recs.synthetic import ScaleShop, write_scale_shop
+
+    shape = ScaleShop(products=2000, customers=3000)
+    counts = write_scale_shop(str(tmp_path / "a"), shape, seed=3, files=2)
+    assert counts == write_scale_shop(str(tmp_path / "b"), shape, seed=3, files=2)  # seeded
+    products = pd.read_parquet(tmp_path / "a" / "products.parquet")
+    events = pd.read_parquet(tmp_path / "a" / "events.parquet")
+    assert tuple(products.columns) == PRODUCT_COLUMNS and tuple(events.columns) == EVENT_COLUMNS
+    assert counts == (2000, events["user_id"].nunique(), len(events))
+    assert 9 <= len(events) / shape.customers <= 11  # about 10 events per customer
+    assert set(events["event_type"]) == {"view", "add_to_cart", "purchase"}
+    assert set(events["product_id"].astype(str)) <= set(products["product_id"])
+    assert pd.to_datetime(events["ts"]).notna().all()
+    per_customer = events.groupby("user_id", observed=True).size()
+    assert per_customer.max() > 20 * per_customer.median()  # a few heavy customers
+    popularity = events.groupby("product_id", observed=True).size().sort_values(ascending=False)
+    assert popularity.head(len(popularity) // 100).sum() > 0.15 * len(events)  # the top 1% (Zipf)
+    purchases = events[events["event_type"] == "purchase"]
+    assert purchases.duplicated(["user_id", "product_id"]).sum() > 0.05 * len(purchases)  # repeat purchases

@@ -1,0 +1,123 @@
+"""Splits: what a model may learn from and what it is measured on.
+
+Protocols:
+- time split (data with timestamps): train on events before a cutoff (the last
+  `eval_days` are the test window); test users had history before the cutoff and
+  bought, in the window, something they had not bought before;
+- leave last out (event order only): each user's last purchase is the test item.
+Validation is carved from a train part the same way (`make_split` on it), by the
+evaluate step and by the recommend step's tuning alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from scipy import sparse
+
+from recs import io
+from recs import model as recommender
+from recs.config import RecsConfig
+from recs.io import RunPaths
+from recs.model import ItemIndex
+
+TIME_SPLIT, LEAVE_LAST_OUT = "time_split", "leave_last_out"
+
+
+@dataclass
+class Split:
+    train: DataFrame
+    relevant: pd.DataFrame  # user_id, product_id
+    protocol: str
+
+
+def time_split(events: DataFrame, days: int) -> Split:
+    # The window starts at midnight (UTC), `days` before the day of the newest event.
+    newest_day = events.agg(F.date_trunc("day", F.max("ts"))).first()[0]
+    cutoff = F.lit(newest_day) - F.expr(f"INTERVAL {int(days)} DAYS")
+    train = events.where(F.col("ts") < cutoff)
+    window = events.where((F.col("ts") >= cutoff) & (F.col("event_type") == "purchase"))
+    bought_before = train.where(F.col("event_type") == "purchase").select("user_id", "product_id").distinct()
+    relevant = (
+        window.select("user_id", "product_id")
+        .distinct()
+        .join(train.select("user_id").distinct(), "user_id")
+        .join(bought_before, ["user_id", "product_id"], "left_anti")
+    )
+    return Split(train, relevant.toPandas(), TIME_SPLIT)
+
+
+def leave_last_out(events: DataFrame) -> Split:
+    purchases = events.where(F.col("event_type") == "purchase")
+    order = Window.partitionBy("user_id").orderBy(F.col("ts").desc(), F.col("product_id").desc())
+    ranked = purchases.withColumn("_from_end", F.row_number().over(order))
+    last = ranked.where(F.col("_from_end") == 1).select("user_id", "product_id", F.col("ts").alias("_last_ts"))
+    # Train on everything before the held-out purchase; users need something left.
+    train = events.join(last.select("user_id", "_last_ts"), "user_id", "left").where(
+        F.col("_last_ts").isNull() | (F.col("ts") < F.col("_last_ts"))
+    ).drop("_last_ts")
+    train_pairs = train.where(F.col("event_type") == "purchase").select("user_id", "product_id").distinct()
+    relevant = (
+        last.select("user_id", "product_id")
+        .join(train.select("user_id").distinct(), "user_id")
+        .join(train_pairs, ["user_id", "product_id"], "left_anti")
+    )
+    return Split(train, relevant.toPandas(), LEAVE_LAST_OUT)
+
+
+def make_split(events: DataFrame, protocol: str, days: int) -> Split:
+    return time_split(events, days) if protocol == TIME_SPLIT else leave_last_out(events)
+
+
+@dataclass
+class EvalSet:
+    """A split as numpy: its test users' histories, what to exclude, what is relevant."""
+
+    users: list[str]
+    history: pd.DataFrame
+    excluded: sparse.csr_matrix
+    relevant: sparse.csr_matrix
+    buyers: np.ndarray  # users who bought each product in the train part
+    train_users: int
+    purchases_per_user: np.ndarray
+
+
+def eval_set(split: Split, index: ItemIndex, config: RecsConfig, half_life_days: float | None = None) -> EvalSet:
+    relevant = split.relevant[index.positions(split.relevant["product_id"]) >= 0]
+    users = sorted(relevant["user_id"].unique())
+    spark = split.train.sparkSession
+    wanted = spark.createDataFrame(pd.DataFrame({"user_id": users}, dtype=object), schema="user_id string")
+    user_items = recommender.user_item_weights(split.train, config, half_life_days)
+    history = recommender.scoring_history(user_items.join(F.broadcast(wanted), "user_id")).toPandas()
+    bought = history[history["purchased"]].assign(one=1.0)
+    buyers = (
+        split.train.where(F.col("event_type") == "purchase").groupBy("product_id")
+        .agg(F.countDistinct("user_id").alias("buyers")).toPandas()
+    )
+    buyer_counts = np.zeros(len(index))
+    positions = index.positions(buyers["product_id"])
+    buyer_counts[positions[positions >= 0]] = buyers["buyers"].to_numpy()[positions >= 0]
+    excluded = recommender.history_matrix(bought, users, index, "one")
+    return EvalSet(
+        users=users,
+        history=history,
+        excluded=excluded,
+        relevant=recommender.history_matrix(relevant.assign(one=1.0), users, index, "one"),
+        buyers=buyer_counts,
+        train_users=split.train.select("user_id").distinct().count(),
+        purchases_per_user=np.asarray(excluded.sum(axis=1)).ravel(),
+    )
+
+
+def binary_history(evaluation: EvalSet, index: ItemIndex) -> sparse.csr_matrix:
+    return recommender.history_matrix(evaluation.history.assign(one=1.0), evaluation.users, index, "one")
+
+
+def protocol_for(spark: SparkSession, paths: RunPaths) -> str:
+    """Time split when the source has real timestamps (the preprocess step says)."""
+    stats = io.read_json(spark, paths.stats("preprocess"))
+    return TIME_SPLIT if stats.get("timestamps", True) else LEAVE_LAST_OUT

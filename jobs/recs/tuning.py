@@ -1,0 +1,125 @@
+"""Tuning on validation: the one procedure the recommend step (before it fits on
+everything) and the evaluate step (for the published model and both ablations) use.
+
+The time signals' settings are chosen first, each by how well its signal alone ranks
+(the trending half-life; the number of similar customers and their half-life), then
+the blend weights by coordinate ascent on NDCG@k, some of them held fixed (the
+ablations switch signals off that way).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame
+
+from recs import model as recommender
+from recs.config import RecsConfig
+from recs.model import Customers, ItemIndex, Model
+from recs.splits import EvalSet, eval_set, make_split
+
+log = logging.getLogger(__name__)
+
+TREND_HALF_LIVES = (1.0, 3.0, 7.0, 14.0, 30.0, 90.0)
+NEIGHBOUR_HALF_LIVES = (3.0, 7.0, 14.0, 30.0)
+NEIGHBOUR_USERS = (100, 200, 400, 800)
+
+
+def tune_trend_half_life(
+    events: DataFrame, index: ItemIndex, evaluation: EvalSet, config: RecsConfig
+) -> tuple[float, dict[float, np.ndarray]]:
+    """The half-life whose trending list ranks best on `evaluation` (the trending baseline)."""
+    trends = {h: recommender.trend_vector(events, index, h, config) for h in TREND_HALF_LIVES}
+    scores = {
+        h: recommender.ndcg(np.tile(t, (len(evaluation.users), 1)), evaluation.excluded, evaluation.relevant,
+                            config.eval_k)
+        for h, t in trends.items()
+    }
+    return max(scores, key=scores.get), trends
+
+
+def tune_neighbours(
+    events: DataFrame, index: ItemIndex, evaluation: EvalSet, config: RecsConfig
+) -> tuple[RecsConfig, Customers]:
+    """`config` with the half-life and the number of similar customers whose
+    "neighbours" signal alone ranks best on `evaluation`, and those customers."""
+    results = {}
+    for half_life in sorted({config.neighbour_half_life_days, *NEIGHBOUR_HALF_LIVES}):
+        profiles = recommender.customer_profiles(
+            events, index, dataclasses.replace(config, neighbour_half_life_days=half_life))
+        for users in sorted({config.neighbour_users, *NEIGHBOUR_USERS}):
+            customers = dataclasses.replace(profiles, neighbours=users)
+            scores = recommender.neighbour_scores(customers, evaluation.users, len(index)).toarray()
+            results[half_life, users] = (
+                recommender.ndcg(scores, evaluation.excluded, evaluation.relevant, config.eval_k), customers)
+    half_life, users = max(results, key=lambda key: results[key][0])
+    tuned = dataclasses.replace(config, neighbour_half_life_days=half_life, neighbour_users=users)
+    return tuned, results[half_life, users][1]
+
+
+@dataclass
+class TimeSettings:
+    """What validation chose for the time signals (the configured values when it could not)."""
+
+    config: RecsConfig  # with the chosen neighbour_users and neighbour_half_life_days
+    trend_half_life_days: float
+    customers: Customers | None  # the chosen similar customers, counted on the validation train part
+
+
+def tune_time_settings(
+    train: DataFrame, index: ItemIndex, validation: EvalSet, config: RecsConfig
+) -> TimeSettings:
+    """The trending half-life and the similar customers, chosen on `validation`
+    (whose history is `train`); the configured ones without validation users."""
+    if not validation.users:
+        return TimeSettings(config, config.trend_half_life_days, None)
+    half_life, _ = tune_trend_half_life(train, index, validation, config)
+    tuned, customers = tune_neighbours(train, index, validation, config)
+    return TimeSettings(tuned, half_life, customers)
+
+
+def tune(
+    scores: dict[str, np.ndarray], validation: EvalSet, start: dict[str, float], k: int,
+    fixed: dict[str, float] | None = None,
+) -> tuple[dict[str, float], float | None]:
+    """Blend weights by coordinate ascent on validation NDCG@k, `fixed` ones held;
+    (weights, NDCG@k). Without validation users: `start` with `fixed`, and no NDCG."""
+    if not validation.users:
+        return {**start, **(fixed or {})}, None
+    return recommender.tune_weights(scores, validation.excluded, validation.relevant, k, start, fixed)
+
+
+def tuned_model(
+    events: DataFrame, index: ItemIndex, content: pd.DataFrame, clusters: pd.DataFrame, config: RecsConfig,
+    protocol: str,
+) -> tuple[Model, dict]:
+    """Choose the blend weights, the trend half-life and the similar customers on a
+    validation split carved from `events`, then fit on all of `events` with them."""
+    if not config.tune_weights:
+        return recommender.fit_model(events, index, content, clusters, config), {"tuned": False}
+    validation = make_split(events, protocol, config.eval_days)
+    validation_set = eval_set(validation, index, config) if not validation.relevant.empty else None
+    if validation_set is None or not validation_set.users:
+        log.warning("no validation users: using the configured weights")
+        return recommender.fit_model(events, index, content, clusters, config), {"tuned": False}
+    settings = tune_time_settings(validation.train, index, validation_set, config)
+    config, half_life = settings.config, settings.trend_half_life_days
+    validation_model = recommender.fit_model(
+        validation.train, index, content, clusters, config, trend_half_life_days=half_life,
+        customers=settings.customers,
+    )
+    scores = recommender.signal_scores(validation_model, validation_set.history, validation_set.users)
+    weights, validation_ndcg = tune(scores, validation_set, recommender.default_weights(config), config.eval_k)
+    log.info("tuned on %d validation users: weights %s, trend half-life %s days, %d similar customers with a "
+             "half-life of %s days, NDCG@%d %.4f", len(validation_set.users), weights, half_life,
+             config.neighbour_users, config.neighbour_half_life_days, config.eval_k, validation_ndcg)
+    model = recommender.fit_model(events, index, content, clusters, config, weights, half_life)
+    return model, {
+        "tuned": True, "weights": weights, "trend_half_life_days": half_life,
+        "neighbour_half_life_days": config.neighbour_half_life_days, "neighbour_users": config.neighbour_users,
+        "validation_ndcg": validation_ndcg, "validation_users": len(validation_set.users),
+    }

@@ -1,0 +1,50 @@
+"""Local runs size the driver on spark-submit's command line; cluster runs are left alone."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from recs.config import RecsConfig
+from recs_airflow import spark_tasks
+
+GIB = 2**30
+
+
+def test_driver_memory_is_a_capped_quarter_of_the_machine():
+    assert spark_tasks.local_driver_memory(RecsConfig(), 24 * GIB) == ("6144m", "3072m")
+    assert spark_tasks.local_driver_memory(RecsConfig(), 2 * GIB) == ("1024m", "512m")
+    assert spark_tasks.local_driver_memory(RecsConfig(), 256 * GIB) == ("16384m", "8192m")
+
+
+def test_settings_override_the_derived_sizes():
+    config = RecsConfig(driver_memory="3g", driver_max_result_size="256m")
+    assert spark_tasks.local_driver_memory(config, 24 * GIB) == ("3g", "256m")
+    assert spark_tasks.local_driver_memory(RecsConfig(driver_memory="2g"), 24 * GIB) == ("2g", "1024m")
+    with pytest.raises(ValueError, match="driver_memory"):
+        RecsConfig(driver_memory="lots")
+
+
+def submit_command(monkeypatch, connection: dict, **env) -> list[str]:
+    monkeypatch.setenv("AIRFLOW_CONN_RECS_TEST_SPARK", json.dumps(connection))
+    monkeypatch.setenv("RECS_SPARK_CONN_ID", "recs_test_spark")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    operator = spark_tasks.spark_step("preprocess")
+    operator.size_local_driver()
+    return operator._get_hook()._build_spark_submit_command(operator.application)
+
+
+def test_local_runs_get_the_heap_on_the_spark_submit_command(monkeypatch):
+    command = submit_command(monkeypatch, {"conn_type": "spark", "host": "local[*]"}, RECS_DRIVER_MEMORY="5g",
+                             RECS_DRIVER_MAX_RESULT_SIZE="")
+    assert command[command.index("--driver-memory") + 1] == "5g"
+    assert "spark.driver.maxResultSize=2560m" in command
+
+
+def test_cluster_runs_keep_the_cluster_settings(monkeypatch):
+    command = submit_command(monkeypatch, {"conn_type": "spark", "host": "spark://127.0.0.1", "port": 7077},
+                             RECS_DRIVER_MEMORY="5g")
+    assert "--driver-memory" not in command
+    assert not any("maxResultSize" in arg for arg in command)
