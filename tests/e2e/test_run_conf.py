@@ -37,5 +37,10 @@ def test_preprocess_refuses_a_hostile_conf(tmp_path):
         assert done.returncode == 2, (done.stdout + done.stderr)[-2000:]
         [line] = [line for line in (done.stdout + done.stderr).splitlines() if "bad configuration" in line]
         assert message in line
-    # Nothing was read or written anywhere.
-    assert not data_root.exists() and not (tmp_path / "other").exists()
+    # Nothing was read, and nothing written but the refusal itself, in the run's own folder of
+    # the operator's data root (the task raises it as a final failure: recs/errors.py).
+    written = sorted(str(path.relative_to(data_root)) for path in data_root.rglob("*") if path.is_file())
+    assert written == ["runs/hostile/errors/preprocess.json"]
+    record = json.loads((data_root / "runs" / "hostile" / "errors" / "preprocess.json").read_text())
+    assert record["final"] and "outside the input roots" in record["error"]
+    assert not (tmp_path / "other").exists()
