@@ -13,22 +13,32 @@ What it does:
    benchmark's M shop) its tables are loaded twice under two version names; then only
    the server's own check (every row of an answer carries its `version`) can catch a mix.
 2. `python -m recs.serving --workers N` on 127.0.0.1, the first version current.
-3. `--clients` keep-alive HTTP/1.1 clients (asyncio, one process) for `--seconds`, each
-   asking for random known users (80%), unknown users (10%) and similar products (10%);
-   at a third of the run the second version is swapped in (its tables were staged before).
+3. `--clients` keep-alive HTTP/1.1 clients (asyncio, one process) ask for random known
+   users (80%), unknown users (10%) and similar products (10%), in three phases:
+   - saturated, `--seconds`: each client asks again as soon as it is answered, so the rate
+     is the most the machine serves; at a third of it the second version is swapped in
+     (its tables were staged before);
+   - paced, `--seconds`: the clients together offer `--rate` requests/s on a fixed
+     schedule, and a latency counts from when the request was due, not sent (no
+     coordinated omission): the latency a storefront sees at that rate;
+   - ceiling, a third of `--seconds`: the same clients, saturated, against a FastAPI app
+     on the same uvicorn settings that answers a constant list without any database: what
+     this machine can do at all with the client on the same cores.
 4. Every answer is checked: HTTP 200, and (generated versions) the lists and titles are
    exactly those of the version the answer names.
 
-The last line is one JSON object:
-{"rps": .., "p50_ms": .., "p99_ms": .., "errors": .., "mixed_versions": 0, ...}
-with the server's CPU time per request and the machine's load average before and after,
-since on a shared machine the throughput says as much about the neighbours as about us.
+The last line is one JSON object: "rps" (saturated), "p50_ms"/"p99_ms" (paced, at "rate"),
+"errors", "mixed_versions" (all phases), then each phase's figures, "rps_vs_ceiling", the
+CPU time per request of the server, PostgreSQL and the clients, and the machine's load
+average before and after, since on a shared machine the figures say as much about the
+neighbours as about us.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -36,6 +46,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -103,20 +114,25 @@ def stage(spark, database, schema: str, version: str, tables: dict[str, pd.DataF
                                  {name: len(table) for name, table in tables.items()})
 
 
-def server_cpu_seconds(pid: int) -> float:
-    """CPU time of the server and its worker processes (Linux /proc)."""
-    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+def cpu_seconds(server_pid: int) -> dict[str, float]:
+    """CPU time (user + system) of the server and its workers, of PostgreSQL's processes
+    (those whose command is `postgres`) and of this process, the clients (Linux /proc)."""
+    totals, tick = {"server": 0.0, "database": 0.0, "clients": time.process_time()}, os.sysconf("SC_CLK_TCK")
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
+                command, rest = handle.read().split(" (", 1)[1].rsplit(")", 1)
+        except (OSError, IndexError):
             continue
-        if int(entry) == pid or int(fields[1]) == pid:  # the server or a worker it forked
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+        fields = rest.split()
+        used = (int(fields[11]) + int(fields[12])) / tick
+        if int(entry) == server_pid or int(fields[1]) == server_pid:  # the server or a worker it forked
+            totals["server"] += used
+        elif command == "postgres":
+            totals["database"] += used
+    return totals
 
 
 def free_port() -> int:
@@ -167,17 +183,27 @@ def check(kind: str, ident: int, answer: dict, tags: dict[str, int], products: i
 
 
 async def load(port: int, seconds: float, clients: int, users: list[str], product_ids: list[str], tags: dict,
-               products: int, generated: bool, on_third) -> dict:
+               products: int, generated: bool, on_third=None, rate: float | None = None) -> dict:
+    """Saturated (`rate` None: ask again when answered) or paced (`rate` requests/s in all,
+    each client on its own fixed schedule; latency counted from when the request was due)."""
     latencies, errors, mixed, versions_seen = [], [], 0, {}
-    deadline = time.perf_counter() + seconds
-    third = time.perf_counter() + seconds / 3
-    fired = False
+    began = time.perf_counter()
+    deadline, third = began + seconds, began + seconds / 3
+    fired = on_third is None
+    interval = clients / rate if rate else 0.0
 
     async def worker(seed: int):
         nonlocal mixed, fired
         rng = random.Random(seed)
         client = Client(port)
-        while time.perf_counter() < deadline:
+        due = began + interval * seed / clients
+        while True:
+            if rate:
+                due += interval
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            started = due if rate else time.perf_counter()
+            if started >= deadline:
+                break
             roll = rng.random()
             if roll < 0.8:
                 index = rng.randrange(len(users))
@@ -188,7 +214,6 @@ async def load(port: int, seconds: float, clients: int, users: list[str], produc
             else:
                 index = rng.randrange(len(product_ids))
                 kind, path = "similar", f"/v1/products/{product_ids[index]}/similar?limit={TOP_N}"
-            started = time.perf_counter()
             try:
                 status, answer = await client.get(path)
             except (OSError, asyncio.IncompleteReadError, ValueError) as err:
@@ -206,9 +231,8 @@ async def load(port: int, seconds: float, clients: int, users: list[str], produc
                 fired = True
                 threading.Thread(target=on_third, daemon=True).start()
 
-    started = time.perf_counter()
     await asyncio.gather(*(worker(seed) for seed in range(clients)))
-    elapsed = time.perf_counter() - started
+    elapsed = time.perf_counter() - began
     lat = np.array(latencies) * 1000
     return {"requests": len(latencies), "seconds": round(elapsed, 1), "rps": round(len(latencies) / elapsed, 1),
             "p50_ms": round(float(np.percentile(lat, 50)), 2) if len(lat) else None,
@@ -217,12 +241,78 @@ async def load(port: int, seconds: float, clients: int, users: list[str], produc
             "answers_by_version": versions_seen}
 
 
+CEILING_APP = """
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+app = FastAPI()
+ITEMS = [{"product_id": f"P{i:06d}", "title": f"product {i}", "rank": i, "score": 1.0 / i, "reason": "constant"}
+         for i in range(1, 11)]
+
+
+@app.get("/v1/users/{user_id}/recommendations")
+def recommendations(user_id: str, limit: int = 10):
+    return JSONResponse({"version": "ceiling", "user_id": user_id, "fallback": None, "items": ITEMS[:limit]})
+
+
+@app.get("/v1/products/{product_id}/similar")
+def similar(product_id: str, limit: int = 10):
+    return JSONResponse({"version": "ceiling", "product_id": product_id, "items": ITEMS[:limit]})
+
+
+@app.get("/healthz")
+def healthz():
+    return {"ok": True}
+"""
+
+
+def start_server(command: list[str], env: dict, cwd: str | None = None) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    server = subprocess.Popen([*command, "--port", str(port)], env=env, cwd=cwd, start_new_session=True)
+    for _ in range(240):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+                if response.status == 200:
+                    return server, port
+        except OSError:
+            time.sleep(0.5)
+    stop(server)
+    raise SystemExit(f"the server {command} did not answer /healthz in 2 minutes")
+
+
+def stop(server: subprocess.Popen | None) -> None:
+    if server is not None and server.poll() is None:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def ceiling_server(workers: int):
+    """A constant app on the same uvicorn settings: what the machine serves at all."""
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, "ceiling_app.py").write_text(CEILING_APP)
+        server, port = start_server([sys.executable, "-m", "uvicorn", "ceiling_app:app", "--workers", str(workers),
+                                     "--log-level", "warning", "--no-access-log"], dict(os.environ), cwd=folder)
+        try:
+            yield port
+        finally:
+            stop(server)
+
+
+def median_of(runs: list[dict]) -> dict:
+    figures = {key: float(np.median([run[key] for run in runs])) for key in ("rps", "p50_ms", "p99_ms")}
+    return {**figures, "requests": sum(run["requests"] for run in runs), "errors": sum(run["errors"] for run in runs),
+            "runs": [[run["rps"], run["p50_ms"], run["p99_ms"]] for run in runs]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--version-dir", help="a published Parquet version to load (e.g. the M shop's)")
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--products", type=int, default=20_000)
-    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--seconds", type=float, default=30, help="length of the saturated and paced phases")
+    parser.add_argument("--rate", type=float, default=1000, help="requests/s offered in the paced phase")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of the three phases; medians are reported")
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
     parser.add_argument("--database-url", default=os.environ.get(postgres.URL_VARIABLE)
@@ -255,18 +345,9 @@ def main(argv: list[str] | None = None) -> int:
                 product_ids = tables["similar_products"]["product_id"].drop_duplicates().tolist()
         print(f"loaded {counts[0]} x 2 versions into {schema} in {time.perf_counter() - started:.0f}s", flush=True)
 
-        port = free_port()
         env = {**os.environ, "PYTHONPATH": str(REPO / "jobs"), postgres.URL_VARIABLE: args.database_url,
                "RECS_DATABASE_SCHEMA": schema, "RECS_SERVING_POOL_SIZE": "16"}
-        server = subprocess.Popen([sys.executable, "-m", "recs.serving", "--port", str(port), "--workers",
-                                   str(args.workers)], env=env, start_new_session=True)
-        for _ in range(240):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
+        server, port = start_server([sys.executable, "-m", "recs.serving", "--workers", str(args.workers)], env)
         swap = {}
 
         def swap_in():
@@ -279,12 +360,33 @@ def main(argv: list[str] | None = None) -> int:
             swap["seconds"] = round(time.perf_counter() - began, 3)
 
         # Generated ids are in number order, so a sampled index is the user's (product's) number.
-        cpu_before, load_before = server_cpu_seconds(server.pid), os.getloadavg()[0]
-        result = asyncio.run(load(port, args.seconds, args.clients, known, product_ids, tags, args.products,
-                                  generated, swap_in))
+        def phase(target_port, rate=None, on_third=None, seconds=args.seconds, check_versions=generated):
+            return asyncio.run(load(target_port, seconds, args.clients, known, product_ids, tags, args.products,
+                                    check_versions, on_third=on_third, rate=rate))
+
+        runs = {"saturated": [], "paced": [], "ceiling": []}
+        load_before = os.getloadavg()[0]
+        with ceiling_server(args.workers) as ceiling_port:
+            for repeat in range(args.repeat):  # the phases alternate, so that a noisy minute hits all three
+                cpu_before = cpu_seconds(server.pid)
+                runs["saturated"].append(phase(port, on_third=swap_in if repeat == 0 else None))
+                cpu_after = cpu_seconds(server.pid)
+                runs["paced"].append(phase(port, rate=args.rate))
+                runs["ceiling"].append(phase(ceiling_port, seconds=args.seconds / 3, check_versions=False))
+        phases = {name: median_of(found) for name, found in runs.items()}
+        every = [run for found in runs.values() for run in found]
+        saturated, paced = phases["saturated"], phases["paced"]
+        result = {"rps": saturated["rps"], "p50_ms": paced["p50_ms"], "p99_ms": paced["p99_ms"], "rate": args.rate,
+                  "errors": sum(run["errors"] for run in every),
+                  "mixed_versions": sum(run["mixed_versions"] for run in runs["saturated"] + runs["paced"]),
+                  **phases, "rps_vs_ceiling": round(saturated["rps"] / phases["ceiling"]["rps"], 2),
+                  "error_samples": [sample for run in every for sample in run["error_samples"]][:5],
+                  "answers_by_version": runs["saturated"][0]["answers_by_version"]}
+        last = runs["saturated"][-1]
+        for part in ("server", "database", "clients"):  # of the last saturated phase
+            result[f"{part}_cpu_ms_per_request"] = round(
+                (cpu_after[part] - cpu_before[part]) * 1000 / max(last["requests"], 1), 2)
         # What the machine was doing besides: on a shared machine the figures above depend on it.
-        result["server_cpu_ms_per_request"] = round(
-            (server_cpu_seconds(server.pid) - cpu_before) * 1000 / max(result["requests"], 1), 2)
         result["load_average_1m"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
         result["cores"] = os.cpu_count()
         result.update({"clients": args.clients, "workers": args.workers, "users": len(known),
@@ -292,9 +394,7 @@ def main(argv: list[str] | None = None) -> int:
                        "generated": generated})
         print(json.dumps(result))
     finally:
-        if server is not None and server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
+        stop(server)
         with connection, connection.cursor() as cursor:
             cursor.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         connection.close()

@@ -675,6 +675,25 @@ def _rows(cursor, statement, params: dict) -> list[dict]:
     return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
 
 
+# The types of the serving statements' parameters, for PREPARE.
+PARAMETER_TYPES = {"id": "text", "limit": "bigint", "popular_reason": "text"}
+
+
+def _prepared(name: str, text: str) -> tuple[str, str]:
+    """(PREPARE statement, EXECUTE statement) for `text` with %(name)s parameters."""
+    order: list[str] = []
+
+    def positional(match: re.Match) -> str:
+        if match.group(1) not in order:
+            order.append(match.group(1))
+        return f"${order.index(match.group(1)) + 1}"
+
+    body = re.sub(r"%\((\w+)\)s", positional, text)
+    types = f" ({', '.join(PARAMETER_TYPES[param] for param in order)})" if order else ""
+    arguments = f" ({', '.join(f'%({param})s' for param in order)})" if order else ""
+    return f"PREPARE recs_{name}{types} AS {body}", f"EXECUTE recs_{name}{arguments}"
+
+
 def _nothing_published(database: Database, schema: str) -> FileNotFoundError:
     return FileNotFoundError(
         f"nothing published yet in schema {schema} of {database.redacted_url}: run the DAG with {URL_VARIABLE} set"
@@ -742,21 +761,27 @@ class Reader:
         # psycopg2's pool raises when all its connections are out; requests queue here instead.
         self._free = threading.BoundedSemaphore(max_connections)
         try:
+            # minconn = maxconn: psycopg2's pool closes every returned connection beyond
+            # minconn, which under load means a new PostgreSQL backend (a fork) per request.
             self._pool = pool.ThreadedConnectionPool(
-                1, max_connections, host=database.host, port=database.port, dbname=database.dbname,
+                max_connections, max_connections, host=database.host, port=database.port, dbname=database.dbname,
                 user=database.user or None, password=database.password or None, application_name="recs-serving",
                 connect_timeout=10, **dict(database.params),
             )
         except Exception as err:  # psycopg2.OperationalError: one line, without the password
             raise DatabaseError(f"cannot connect to {database.redacted_url}: {str(err).strip()}") from err
-        # Composed once into plain text: quoting the schema for every request costs more than the query.
+        # Composed once into plain text, and prepared once per connection (PREPARE ... AS):
+        # planning these statements costs PostgreSQL twice what running them does. A swap
+        # of versions invalidates the plans; PostgreSQL re-plans them by the tables' names.
         connection = self._pool.getconn()
         try:
-            self._statements = {name: _statement(text, schema).as_string(connection) for name, text in (
-                ("recommendations", RECOMMENDATIONS_SQL), ("similar", SIMILAR_SQL), ("popular", POPULAR_SQL),
-                ("product", PRODUCT_SQL), ("current", CURRENT_SQL))}
+            self._statements = {
+                name: _prepared(name, _statement(text, schema).as_string(connection)) for name, text in (
+                    ("recommendations", RECOMMENDATIONS_SQL), ("similar", SIMILAR_SQL), ("popular", POPULAR_SQL),
+                    ("product", PRODUCT_SQL), ("current", CURRENT_SQL))}
         finally:
             self._pool.putconn(connection)
+        self._prepared_on: dict[int, set[str]] = {}  # backend pid -> statements prepared on that connection
 
     def close(self) -> None:
         self._pool.closeall()
@@ -779,18 +804,25 @@ class Reader:
     def run(self, name: str, **params) -> list[dict]:
         import psycopg2
 
+        prepare, execute = self._statements[name]
         connection = self._getconn()
         broken = False
         try:
             connection.autocommit = True
+            prepared = self._prepared_on.setdefault(connection.info.backend_pid, set())
             with connection.cursor() as cursor:
-                return _rows(cursor, self._statements[name], params)
+                if name not in prepared:
+                    cursor.execute(prepare)
+                    prepared.add(name)
+                return _rows(cursor, execute, params)
         except psycopg2.errors.UndefinedTable as err:
             raise _nothing_published(self.database, self.schema) from err
         except (psycopg2.OperationalError, psycopg2.InterfaceError):
             broken = True  # a restarted server: the next request gets a fresh connection
             raise
         finally:
+            if broken or connection.closed:
+                self._prepared_on.pop(connection.info.backend_pid, None)
             self._putconn(connection, close=broken or bool(connection.closed))
 
     def recommendations(self, user_id: str, limit: int | None) -> list[dict]:
