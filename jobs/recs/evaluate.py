@@ -45,22 +45,21 @@ def tiled(vector: np.ndarray, users: int) -> np.ndarray:
     return np.tile(vector.astype(np.float32), (users, 1))
 
 
-def cosine_scores(counts: recommender.Counts, index: ItemIndex, history: sparse.csr_matrix) -> np.ndarray:
+def cosine_scores(counts: recommender.Counts, history: sparse.csr_matrix) -> np.ndarray:
     """Item-kNN: sum of cosine similarities to the user's products, each product's
     `neighbours_per_product` nearest (what Spark keeps)."""
-    cosine = recommender.pairs_to_matrix(counts.covisit, index, "score")
-    return np.asarray((history @ cosine).todense(), dtype=np.float32)
+    return np.asarray((history @ counts.covisit).todense(), dtype=np.float32)
 
 
 def ease_scores(
-    counts: recommender.Counts, index: ItemIndex, history: sparse.csr_matrix, regularisation: float, max_items: int
+    counts: recommender.Counts, history: sparse.csr_matrix, regularisation: float, max_items: int
 ) -> np.ndarray:
-    gram = recommender.pairs_to_matrix(counts.ease, index, "both")
-    weights = recommender.ease_from_counts(gram, regularisation, max_items)
+    weights = recommender.ease_from_counts(counts.ease, regularisation, max_items)
     return np.asarray((history @ weights).todense(), dtype=np.float32)
 
 
-def als_scores(train: DataFrame, index: ItemIndex, users: list[str], params: dict, seed: int) -> np.ndarray:
+def als_scores(train: DataFrame, index: ItemIndex, users: list[str], params: dict, seed: int,
+               blocks: int) -> np.ndarray:
     """Spark MLlib ALS with implicit feedback; the factors are multiplied on the driver."""
     spark = train.sparkSession
     ids = spark.createDataFrame(pd.DataFrame({"product_id": index.ids, "item": np.arange(len(index))}))
@@ -73,7 +72,7 @@ def als_scores(train: DataFrame, index: ItemIndex, users: list[str], params: dic
     )
     ratings = fixed_order(ratings, ["user", "item"], int(spark.conf.get("spark.sql.shuffle.partitions")))
     als = ALS(rank=ALS_RANK, maxIter=10, implicitPrefs=True, userCol="user", itemCol="item", ratingCol="rating",
-              coldStartStrategy="drop", seed=seed, **params)
+              coldStartStrategy="drop", seed=seed, numUserBlocks=blocks, numItemBlocks=blocks, **params)
     fitted = als.fit(ratings)
     item_factors = np.zeros((len(index), ALS_RANK), dtype=np.float32)
     for row in fitted.itemFactors.toPandas().itertuples():
@@ -131,8 +130,8 @@ def evaluate_methods(
     inner = make_split(split.train, protocol, config.eval_days)
     test, validation = eval_set(split, index, config), eval_set(inner, index, config)
     log.info("%s: %d test users, %d validation users", protocol, len(test.users), len(validation.users))
-    train_counts = recommender.count_pairs(split.train, config)
-    inner_counts = recommender.count_pairs(inner.train, config)
+    train_counts = recommender.count_pairs(split.train, index, config)
+    inner_counts = recommender.count_pairs(inner.train, index, config)
     cluster_of = recommender.cluster_positions(index, clusters)
     tops: dict[str, np.ndarray] = {}
     # Too short a history for a validation window: every method keeps its defaults.
@@ -179,21 +178,22 @@ def evaluate_methods(
     trending = recommender.trend_vector(split.train, index, half_life, config)
     tops["trending"] = recommender.top_k(tiled(trending, users), test.excluded, k)[0]
     tops["item_knn"] = recommender.top_k(
-        cosine_scores(train_counts, index, binary_history(test, index)), test.excluded, k)[0]
+        cosine_scores(train_counts, binary_history(test, index)), test.excluded, k)[0]
     validation_history = binary_history(validation, index)
     ease_lambda = best_on_validation(
         {config.ease_lambda: None, **dict.fromkeys(EASE_LAMBDAS)},
-        lambda lam: ease_scores(inner_counts, index, validation_history, lam, config.ease_max_items),
+        lambda lam: ease_scores(inner_counts, validation_history, lam, config.ease_max_items),
     )
     tops["ease"] = recommender.top_k(
-        ease_scores(train_counts, index, binary_history(test, index), ease_lambda, config.ease_max_items),
+        ease_scores(train_counts, binary_history(test, index), ease_lambda, config.ease_max_items),
         test.excluded, k)[0]
     als_index = best_on_validation(
         dict(enumerate(ALS_GRID)),
-        lambda i: als_scores(inner.train, index, validation.users, ALS_GRID[i], config.seed),
+        lambda i: als_scores(inner.train, index, validation.users, ALS_GRID[i], config.seed, config.als_blocks),
     )
     tops["als"] = recommender.top_k(
-        als_scores(split.train, index, test.users, ALS_GRID[als_index], config.seed), test.excluded, k)[0]
+        als_scores(split.train, index, test.users, ALS_GRID[als_index], config.seed, config.als_blocks),
+        test.excluded, k)[0]
     # Cluster-only: plain (undecayed) popularity inside the user's favourite clusters.
     popular_model = dataclasses.replace(test_model, trend=test.buyers / max(test.buyers.max(), 1))
     cluster_only = recommender.signal_scores(popular_model, test.history, test.users)["cluster"]

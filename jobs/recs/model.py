@@ -57,21 +57,25 @@ def default_weights(config: RecsConfig) -> dict[str, float]:
 # --- Spark side: counts over the whole event log --------------------------------
 
 
-def user_item_weights(events: DataFrame, config: RecsConfig, half_life_days: float | None = None) -> DataFrame:
-    """(user_id, product_id, weight, purchased, last_ts, strongest_event) per pair.
-
-    weight = sum over the pair's events of type weight x 0.5 ** (age / half-life),
-    age measured from the newest event in the data, so old logs replay the same.
-    """
-    half_life = half_life_days or config.recency_half_life_days
+def _with_age(events: DataFrame, config: RecsConfig) -> tuple[DataFrame, F.Column]:
+    """`events` with `age_days` (from the newest event in the data, so old logs replay
+    the same), and the events' type weight."""
     type_weight = F.coalesce(
         *[F.when(F.col("event_type") == name, F.lit(w)) for name, w in config.event_weights.items()]
     )
     newest = events.agg(F.max("ts").alias("newest"))
     age_days = (F.col("newest").cast("long") - F.col("ts").cast("long")) / 86400.0
-    decayed = events.crossJoin(F.broadcast(newest)).withColumn(
-        "event_weight", type_weight * F.pow(F.lit(0.5), age_days / F.lit(half_life))
-    )
+    return events.crossJoin(F.broadcast(newest)).withColumn("age_days", age_days), type_weight
+
+
+def user_item_weights(events: DataFrame, config: RecsConfig, half_life_days: float | None = None) -> DataFrame:
+    """(user_id, product_id, weight, purchased, last_ts, strongest_event) per pair.
+
+    weight = sum over the pair's events of type weight x 0.5 ** (age / half-life).
+    """
+    half_life = half_life_days or config.recency_half_life_days
+    aged, type_weight = _with_age(events, config)
+    decayed = aged.withColumn("event_weight", type_weight * F.pow(F.lit(0.5), F.col("age_days") / F.lit(half_life)))
     return decayed.groupBy("user_id", "product_id").agg(
         F.sum("event_weight").alias("weight"),
         F.max((F.col("event_type") == "purchase").cast("int")).cast("boolean").alias("purchased"),
@@ -94,20 +98,32 @@ def top_per_product(pairs: DataFrame, keep: int, value: str = "score") -> DataFr
     return pairs.withColumn("rank", F.row_number().over(order)).where(F.col("rank") <= keep)
 
 
-def pair_counts(history: DataFrame) -> DataFrame:
-    """(product_id, neighbour_id, both): users who interacted with both of two distinct
-    products (in both orders). Each unordered pair is counted once, then mirrored:
-    half the shuffle of a plain self-join."""
+def unordered_pair_counts(history: DataFrame) -> DataFrame:
+    """(product_id, neighbour_id, both) for product_id < neighbour_id: users who
+    interacted with both of two distinct products, each unordered pair once (half the
+    shuffle of a plain self-join). Products may be any ordered key: `count_pairs` uses
+    their catalog positions, whose 4-byte keys join and aggregate three times faster
+    than ids."""
     pairs = history.select("user_id", "product_id")
     other = pairs.withColumnRenamed("product_id", "neighbour_id")
-    once = (
+    return (
         pairs.join(other, "user_id")
         .where(F.col("product_id") < F.col("neighbour_id"))
         .groupBy("product_id", "neighbour_id")
         .agg(F.count("*").alias("both"))
     )
-    mirrored = once.select(F.col("neighbour_id").alias("product_id"), F.col("product_id").alias("neighbour_id"), "both")
-    return once.unionByName(mirrored)
+
+
+def mirrored(pairs: DataFrame) -> DataFrame:
+    """Unordered pairs in both orders."""
+    swapped = pairs.select(F.col("neighbour_id").alias("product_id"), F.col("product_id").alias("neighbour_id"),
+                           *[c for c in pairs.columns if c not in ("product_id", "neighbour_id")])
+    return pairs.unionByName(swapped)
+
+
+def pair_counts(history: DataFrame) -> DataFrame:
+    """(product_id, neighbour_id, both) for every ordered pair of distinct products."""
+    return mirrored(unordered_pair_counts(history))
 
 
 def product_users(history: DataFrame) -> DataFrame:
@@ -115,29 +131,36 @@ def product_users(history: DataFrame) -> DataFrame:
     return history.groupBy("product_id").agg(F.count("*").alias("users"))
 
 
-def covisit_edges(history: DataFrame, keep: int) -> DataFrame:
+def covisit_edges(history: DataFrame, keep: int, pairs: DataFrame | None = None,
+                  users: DataFrame | None = None) -> DataFrame:
     """(product_id, neighbour_id, score): cosine of two products' user sets, the `keep`
-    best per product, computed and cut in Spark."""
-    users = product_users(history)
+    best per product, computed and cut in Spark (`pairs` and `users`: the history's
+    `unordered_pair_counts` and `product_users`, when already counted)."""
+    users = users if users is not None else product_users(history)
+    pairs = pairs if pairs is not None else unordered_pair_counts(history)
     theirs = users.select(F.col("product_id").alias("neighbour_id"), F.col("users").alias("their_users"))
     cosine = (
-        pair_counts(history).join(users, "product_id").join(theirs, "neighbour_id")
+        pairs.join(users, "product_id").join(theirs, "neighbour_id")
         .select("product_id", "neighbour_id",
                 (F.col("both") / F.sqrt(F.col("users") * F.col("their_users"))).alias("score"))
     )
-    return top_per_product(cosine, keep).select("product_id", "neighbour_id", "score")
+    return top_per_product(mirrored(cosine), keep).select("product_id", "neighbour_id", "score")
 
 
-def ease_counts(history: DataFrame, max_items: int) -> DataFrame:
+def ease_counts(history: DataFrame, max_items: int, pairs: DataFrame | None = None,
+                users: DataFrame | None = None) -> DataFrame:
     """(product_id, neighbour_id, both), diagonal included, among the `max_items`
     products with the most users (ties: the smaller id): all EASE^R needs, bounded by
-    max_items squared whatever the catalog."""
+    max_items squared whatever the catalog. The same pair counts as the co-visitation's."""
+    users = users if users is not None else product_users(history)
+    pairs = pairs if pairs is not None else unordered_pair_counts(history)
     order = Window.orderBy(F.col("users").desc(), F.col("product_id"))
-    popular = product_users(history).withColumn("_rank", F.row_number().over(order)).where(
-        F.col("_rank") <= max_items).select("product_id")
-    kept = history.select("user_id", "product_id").join(F.broadcast(popular), "product_id")
-    other = kept.withColumnRenamed("product_id", "neighbour_id")
-    return kept.join(other, "user_id").groupBy("product_id", "neighbour_id").agg(F.count("*").alias("both"))
+    popular = users.withColumn("_rank", F.row_number().over(order)).where(F.col("_rank") <= max_items)
+    mine = popular.select("product_id")
+    theirs = popular.select(F.col("product_id").alias("neighbour_id"))
+    among = pairs.join(F.broadcast(mine), "product_id").join(F.broadcast(theirs), "neighbour_id")
+    diagonal = popular.select("product_id", F.col("product_id").alias("neighbour_id"), F.col("users").alias("both"))
+    return mirrored(among.select("product_id", "neighbour_id", "both")).unionByName(diagonal)
 
 
 def transition_counts(events: DataFrame, window: int) -> DataFrame:
@@ -156,10 +179,13 @@ def transition_counts(events: DataFrame, window: int) -> DataFrame:
     )
 
 
-def popularity(events: DataFrame, half_life_days: float, config: RecsConfig) -> DataFrame:
-    """(product_id, popularity): event-type weighted interest, halved every half-life."""
-    items = user_item_weights(events, config, half_life_days)
-    return items.groupBy("product_id").agg(F.sum("weight").alias("popularity"))
+def popularity(events: DataFrame, half_lives: list[float], config: RecsConfig) -> DataFrame:
+    """(product_id, popularity_0, popularity_1, ...): event-type weighted interest, halved
+    every half-life, one column per half-life: one pass over the events for them all."""
+    aged, type_weight = _with_age(events, config)
+    return aged.groupBy("product_id").agg(*[
+        F.sum(type_weight * F.pow(F.lit(0.5), F.col("age_days") / F.lit(float(half_life)))).alias(f"popularity_{i}")
+        for i, half_life in enumerate(half_lives)])
 
 
 # --- Driver side: compact item x item matrices ---------------------------------
@@ -265,13 +291,12 @@ def build_edges(
 ) -> dict[str, sparse.csr_matrix]:
     """The item x item matrices from what Spark counted (already top K per product)."""
     keep = config.neighbours_per_product
-    ease_gram = pairs_to_matrix(counts.ease, index, "both")
     return {
-        "covisit": pairs_to_matrix(counts.covisit, index, "score").astype(np.float32),
+        "covisit": counts.covisit.astype(np.float32),
         "ease": top_per_row(
-            ease_from_counts(ease_gram, ease_regularisation or config.ease_lambda, config.ease_max_items), keep
+            ease_from_counts(counts.ease, ease_regularisation or config.ease_lambda, config.ease_max_items), keep
         ),
-        "next": row_normalised(pairs_to_matrix(counts.transitions, index, "count").astype(np.float32)),
+        "next": row_normalised(counts.transitions.astype(np.float32)),
         "content": top_per_row(pairs_to_matrix(content, index, "score"), keep),
     }
 
@@ -462,37 +487,74 @@ def cluster_positions(index: ItemIndex, clusters: pd.DataFrame) -> np.ndarray:
     return cluster_of
 
 
-def trend_vector(events: DataFrame, index: ItemIndex, half_life_days: float, config: RecsConfig) -> np.ndarray:
-    popular = popularity(events, half_life_days, config).toPandas()
-    vector = np.zeros(len(index))
+def trend_vectors(events: DataFrame, index: ItemIndex, half_lives, config: RecsConfig) -> dict[float, np.ndarray]:
+    """Popularity per product position for each half-life, each scaled to max 1."""
+    half_lives = list(half_lives)
+    popular = popularity(events, half_lives, config).toPandas()
     positions = index.positions(popular["product_id"])
-    vector[positions[positions >= 0]] = popular["popularity"].to_numpy()[positions >= 0]
-    return vector / vector.max() if vector.max() > 0 else vector
+    known = positions >= 0
+    vectors = {}
+    for i, half_life in enumerate(half_lives):
+        vector = np.zeros(len(index))
+        vector[positions[known]] = popular[f"popularity_{i}"].to_numpy()[known]
+        vectors[half_life] = vector / vector.max() if vector.max() > 0 else vector
+    return vectors
+
+
+def trend_vector(events: DataFrame, index: ItemIndex, half_life_days: float, config: RecsConfig) -> np.ndarray:
+    return trend_vectors(events, index, [half_life_days], config)[half_life_days]
 
 
 @dataclass
 class Counts:
-    """What Spark counted over an event log, as pandas pair tables: O(products x K)
-    rows, plus EASE's counts among at most `ease_max_items` products."""
+    """What Spark counted over an event log, as products x products sparse matrices in
+    catalog order: O(products x K) entries, plus EASE's counts among at most
+    `ease_max_items` products."""
 
-    covisit: pd.DataFrame  # product_id, neighbour_id, score: cosine, top K per product
-    transitions: pd.DataFrame  # product_id, neighbour_id, count: top K per product
-    ease: pd.DataFrame  # product_id, neighbour_id, both (diagonal: users) among the most popular
+    covisit: sparse.csr_matrix  # cosine of user sets, top K per product
+    transitions: sparse.csr_matrix  # "b after a" counts, top K per product
+    ease: sparse.csr_matrix  # co-occurrence counts (diagonal: users) among the most popular
 
 
-def count_pairs(events: DataFrame, config: RecsConfig) -> Counts:
+def catalog_positions(spark, index: ItemIndex) -> DataFrame:
+    """(product_id, position): the catalog's order, for joining ids to positions in Spark."""
+    return spark.createDataFrame(pd.DataFrame({"product_id": index.ids.astype(str),
+                                               "position": np.arange(len(index), dtype=np.int32)}))
+
+
+def positions_to_matrix(pairs: pd.DataFrame, size: int, value: str) -> sparse.csr_matrix:
+    """A square matrix from (product_id, neighbour_id, value) rows holding positions."""
+    return sparse.csr_matrix(
+        (pairs[value].to_numpy(dtype=np.float64),
+         (pairs["product_id"].to_numpy(dtype=np.int64), pairs["neighbour_id"].to_numpy(dtype=np.int64))),
+        shape=(size, size))
+
+
+def count_pairs(events: DataFrame, index: ItemIndex, config: RecsConfig) -> Counts:
     """Count co-occurrences (each user's `max_history_for_pairs` most recent products)
-    and transitions in Spark, each cut to its top `neighbours_per_product` per product there."""
+    and transitions in Spark, each cut to its top `neighbours_per_product` per product
+    there. Products are counted by catalog position; the pairs are counted once, for
+    the co-visitation cosine and for EASE."""
     keep = config.neighbours_per_product
-    history = recent_history(user_item_weights(events, config), config.max_history_for_pairs).select(
-        "user_id", "product_id").persist()
-    transitions = top_per_product(transition_counts(events, config.next_window), keep, "count")
+    positions = F.broadcast(catalog_positions(events.sparkSession, index))
+
+    def by_position(df: DataFrame) -> DataFrame:
+        return df.join(positions, "product_id").drop("product_id").withColumnRenamed("position", "product_id")
+
+    history = by_position(recent_history(user_item_weights(events, config), config.max_history_for_pairs)
+                          .select("user_id", "product_id")).persist()
+    pairs = unordered_pair_counts(history).persist()
+    users = product_users(history).persist()
+    transitions = top_per_product(transition_counts(by_position(events), config.next_window), keep, "count")
+    size = len(index)
     counts = Counts(
-        covisit=covisit_edges(history, keep).toPandas(),
-        transitions=transitions.select("product_id", "neighbour_id", "count").toPandas(),
-        ease=ease_counts(history, config.ease_max_items).toPandas(),
+        covisit=positions_to_matrix(covisit_edges(history, keep, pairs, users).toPandas(), size, "score"),
+        transitions=positions_to_matrix(
+            transitions.select("product_id", "neighbour_id", "count").toPandas(), size, "count"),
+        ease=positions_to_matrix(ease_counts(history, config.ease_max_items, pairs, users).toPandas(), size, "both"),
     )
-    history.unpersist()
+    for table in (history, pairs, users):
+        table.unpersist()
     return counts
 
 
@@ -527,7 +589,7 @@ def fit_model(
 ) -> Model:
     """Count over `events` in Spark (unless `counts` and `customers` already hold the
     counts), then build the item x item signals on the driver."""
-    counts = counts or count_pairs(events, config)
+    counts = counts or count_pairs(events, index, config)
     return Model(
         index=index,
         edges=build_edges(index, counts, content, config),

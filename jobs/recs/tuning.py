@@ -33,7 +33,7 @@ def tune_trend_half_life(
     events: DataFrame, index: ItemIndex, evaluation: EvalSet, config: RecsConfig
 ) -> tuple[float, dict[float, np.ndarray]]:
     """The half-life whose trending list ranks best on `evaluation` (the trending baseline)."""
-    trends = {h: recommender.trend_vector(events, index, h, config) for h in TREND_HALF_LIVES}
+    trends = recommender.trend_vectors(events, index, TREND_HALF_LIVES, config)
     scores = {
         h: recommender.ndcg(np.tile(t, (len(evaluation.users), 1)), evaluation.excluded, evaluation.relevant,
                             config.eval_k)

@@ -202,10 +202,18 @@ def test_the_driver_receives_at_most_k_neighbours_per_product(spark):
     rows = random_interactions(seed=13, users=60)
     events = spark.createDataFrame(
         [(u, p, "purchase", 1, NOW + timedelta(minutes=m)) for u, p, m in rows], EVENTS_SCHEMA)
-    counts = count_pairs(events, RecsConfig(neighbours_per_product=2, next_window=3, ease_max_items=5))
-    for table in (counts.covisit, counts.transitions):
-        assert table.groupby("product_id").size().max() == 2
-    assert counts.ease["product_id"].nunique() == 5 and counts.ease["neighbour_id"].nunique() == 5
+    index = ItemIndex(np.array(sorted({p for _, p, _ in rows})))
+    config = RecsConfig(neighbours_per_product=2, next_window=3, ease_max_items=5)
+    counts = count_pairs(events, index, config)
+    for matrix in (counts.covisit, counts.transitions):
+        assert np.diff(matrix.indptr).max() == 2
+    assert len(set(counts.ease.nonzero()[0])) == 5 and len(set(counts.ease.nonzero()[1])) == 5
+    # Counted by catalog position, the same as by id: the Spark functions on the ids.
+    history = recent_history(user_item_weights(events, config), config.max_history_for_pairs)
+    by_id = pairs_to_matrix(covisit_edges(history, 2).toPandas(), index, "score").toarray()
+    np.testing.assert_allclose(counts.covisit.toarray(), by_id, atol=1e-12)
+    by_id = pairs_to_matrix(ease_counts(history, 5).toPandas(), index, "both").toarray()
+    np.testing.assert_array_equal(counts.ease.toarray(), by_id)
 
 
 def test_transition_counts(spark):
