@@ -46,6 +46,9 @@ class Source:
     # False when `ts` only orders each user's events (the evaluation then leaves the
     # last purchase out instead of splitting on time).
     timestamps: bool = True
+    # The raw input's columns as read (before any cleaning): part of the input fingerprint
+    # the publish gate compares runs by, so a file whose columns changed is new data.
+    schema: str = ""
 
 
 def read_source(spark: SparkSession, input_path: str, input_format: str) -> Source:
@@ -55,6 +58,7 @@ def read_source(spark: SparkSession, input_path: str, input_format: str) -> Sour
         raw, malformed = read_csv(spark, input_path, "online_retail")
         source = import_online_retail(raw)
         source.skipped = malformed.unionByName(source.skipped)
+        source.schema = f"csv {', '.join(raw.columns)}"
         return source
     if input_format == "amazon_reviews":
         return import_amazon_reviews(spark, input_path)
@@ -138,16 +142,18 @@ def _malformed_count(rows: DataFrame) -> int:
     return rows.where(F.col(CORRUPT).isNotNull()).count()
 
 
-def _find_table(spark: SparkSession, folder: str, name: str) -> tuple[DataFrame, DataFrame]:
-    """The contract table `name` in `folder` -> (rows, malformed rows as quarantine rows)."""
+def _find_table(spark: SparkSession, folder: str, name: str) -> tuple[DataFrame, DataFrame, str]:
+    """The contract table `name` in `folder` -> (rows, malformed rows as quarantine rows,
+    the raw schema it was read with)."""
     for candidate in (f"{name}.parquet", name, f"{name}.csv", f"{name}.csv.gz"):
         path = f"{folder}/{candidate}"
         if io.exists(spark, path):
             is_parquet = candidate.endswith(".parquet") or (candidate == name and _holds_parquet(spark, path))
             if is_parquet:
-                return as_strings(spark.read.parquet(path), _COLUMNS[name], path), _no_rows(spark)
+                raw = spark.read.parquet(path)
+                return as_strings(raw, _COLUMNS[name], path), _no_rows(spark), f"{name} {raw.schema.simpleString()}"
             rows, malformed = read_csv(spark, path, name)
-            return as_strings(rows, _COLUMNS[name], path), malformed
+            return as_strings(rows, _COLUMNS[name], path), malformed, f"{name} csv {', '.join(rows.columns)}"
     raise FileNotFoundError(
         f"no {name} table in {folder}: expected {name}.csv, {name}.csv.gz, {name}.parquet or a {name}/ folder"
     )
@@ -165,9 +171,10 @@ def _holds_parquet(spark: SparkSession, folder: str) -> bool:
 
 
 def read_contract(spark: SparkSession, folder: str) -> Source:
-    products, malformed_products = _find_table(spark, folder, "products")
-    events, malformed_events = _find_table(spark, folder, "events")
-    return Source(products, events, malformed_products.unionByName(malformed_events))
+    products, malformed_products, products_schema = _find_table(spark, folder, "products")
+    events, malformed_events, events_schema = _find_table(spark, folder, "events")
+    return Source(products, events, malformed_products.unionByName(malformed_events),
+                  schema=f"{products_schema}; {events_schema}")
 
 
 ONLINE_RETAIL_COLUMNS = (
@@ -290,4 +297,5 @@ def import_amazon_reviews(spark: SparkSession, folder: str) -> Source:
         spark.createDataFrame(events, schema=RAW_EVENTS_SCHEMA),
         spark.createDataFrame([], QUARANTINE_SCHEMA),
         timestamps=False,
+        schema="json items; interactions",
     )

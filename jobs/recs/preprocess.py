@@ -211,6 +211,7 @@ def run(spark: SparkSession, config: RecsConfig, paths: RunPaths) -> dict:
     stats = {
         "input_path": config.input_path,
         "input_format": config.input_format,
+        "input_schema": source.schema,
         "timestamps": source.timestamps,
         "products_in": source.products.count(),
         "events_in": source.events.count(),

@@ -95,6 +95,9 @@ def test_bom_upper_case_headers_bad_prices_big_text_and_duplicates(dirty_shop):
     assert stats["prices_nulled"] == {"price is not a number": 3, "negative price": 1}
     assert products.loc["P7", "title"] == "Glue stick"  # the duplicate with more text
     assert len(products.loc["P2", "description"]) == len("word " * (BIG // 5)) - 1  # trimmed, kept whole
+    # The raw columns as read (BOM stripped, case kept): the gate's input fingerprint holds them.
+    assert stats["input_schema"] == ("products csv PRODUCT_ID, Title, DESCRIPTION, category, PRICE; "
+                                     "events csv user_id, product_id, event_type, quantity, ts")
 
 
 def test_events_parsed_and_every_row_accounted_for(dirty_shop):

@@ -6,7 +6,7 @@ import pandas as pd
 
 from recs import report
 from recs.config import RecsConfig
-from recs.publish import gate_decision, input_fingerprint
+from recs.publish import gate_decision, input_fingerprint, run_input_fingerprint
 
 
 def metrics(published: float, popular: float = 0.05) -> pd.DataFrame:
@@ -70,6 +70,16 @@ def test_the_input_fingerprint_tells_inputs_apart():
     assert base != input_fingerprint("online_retail", "/data/shop", "products a; events b")
     assert base != input_fingerprint("contract", "/data/other", "products a; events b")
     assert base != input_fingerprint("contract", "/data/shop", "products a, c; events b")
+
+
+def test_a_run_is_fingerprinted_by_the_columns_of_its_raw_input():
+    def stats(schema: str) -> dict:
+        return {"preprocess": {"input": {"format": "contract", "path": "/data/shop"}, "input_schema": schema}}
+
+    # The cleaned tables always have the contract's columns: only the raw file's tell inputs apart.
+    same = run_input_fingerprint(RecsConfig(), stats("events csv user_id, ts"), None, None)
+    assert same == run_input_fingerprint(RecsConfig(), stats("events csv user_id, ts"), None, None)
+    assert same != run_input_fingerprint(RecsConfig(), stats("events csv user_id, ts, store"), None, None)
 
 
 def test_report_holds_the_charts_and_the_table():
