@@ -56,7 +56,9 @@ def content_neighbours(
     holds at most `scores_per_block` scores: an Arrow batch of 10,000 products against
     a catalog of 100k would be a 4 GB matrix, and its sort a second one.
     """
-    catalog = embeddings.select("product_id", "embedding").toPandas()
+    # In id order: products with the same text tie, and which of them a product keeps must
+    # not depend on the order the table's files arrive in.
+    catalog = embeddings.select("product_id", "embedding").orderBy("product_id").toPandas()
     ids = catalog["product_id"].to_numpy()
     matrix = normalise_rows(np.stack(catalog["embedding"].to_numpy())) if len(catalog) else np.zeros((0, 1))
     shared = spark.sparkContext.broadcast((ids, matrix))
