@@ -151,6 +151,10 @@ class RecsConfig:
     # train part, the validation window); metrics at eval_k.
     eval_days: int = field(default=30, metadata={"env": "RECS_EVAL_DAYS"})
     eval_k: int = field(default=10, metadata={"env": "RECS_EVAL_K"})
+    # Tuning and evaluation score at most this many users of a window, a seeded sample
+    # (the whole catalog is still ranked for each): their cost stays bounded on a shop of
+    # millions of customers; run_metrics holds NDCG's 95% interval to read it with.
+    eval_users: int = field(default=10_000, metadata={"env": "RECS_EVAL_USERS"})
     # Publish gate: refuse a run whose NDCG@eval_k is below the most-popular baseline,
     # or more than this share below the last published run's ...
     gate_tolerance: float = field(default=0.1, metadata={"env": "RECS_GATE_TOLERANCE"})
@@ -246,6 +250,8 @@ class RecsConfig:
         for name in ("driver_memory", "driver_max_result_size"):
             if getattr(self, name) and not re.fullmatch(r"\d+[kmgt]?", getattr(self, name).lower()):
                 raise ValueError(f"{name} must be a JVM size like 512m or 6g, got {getattr(self, name)!r}")
+        if self.eval_users < 100:
+            raise ValueError(f"eval_users must be at least 100, got {self.eval_users}")
         if self.als_blocks < 1:
             raise ValueError(f"als_blocks must be at least 1, got {self.als_blocks}")
         for name in ("database_lock_timeout_seconds", "database_statement_timeout_seconds", "lock_lease_seconds"):

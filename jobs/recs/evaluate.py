@@ -36,31 +36,29 @@ ALS_GRID = ({"regParam": 0.1, "alpha": 1.0}, {"regParam": 1.0, "alpha": 1.0}, {"
 ALS_RANK = 64
 FEW_PURCHASES = 2  # users with at most this many past purchases form the "few" segment
 FEW_BUYERS = 5  # products with at most this many buyers before the cutoff form the "tail"
+DENSE_BLOCK_CELLS = 20_000_000  # users x products scored at once by ALS (80 MB of float32)
 
 
 # --- Baselines ------------------------------------------------------------------------
 
 
-def tiled(vector: np.ndarray, users: int) -> np.ndarray:
-    return np.tile(vector.astype(np.float32), (users, 1))
-
-
-def cosine_scores(counts: recommender.Counts, history: sparse.csr_matrix) -> np.ndarray:
+def cosine_scores(counts: recommender.Counts, history: sparse.csr_matrix) -> sparse.csr_matrix:
     """Item-kNN: sum of cosine similarities to the user's products, each product's
     `neighbours_per_product` nearest (what Spark keeps)."""
-    return np.asarray((history @ counts.covisit).todense(), dtype=np.float32)
+    return (history @ counts.covisit).tocsr()
 
 
 def ease_scores(
     counts: recommender.Counts, history: sparse.csr_matrix, regularisation: float, max_items: int
-) -> np.ndarray:
+) -> sparse.csr_matrix:
     weights = recommender.ease_from_counts(counts.ease, regularisation, max_items)
-    return np.asarray((history @ weights).todense(), dtype=np.float32)
+    return (history @ weights).tocsr()
 
 
-def als_scores(train: DataFrame, index: ItemIndex, users: list[str], params: dict, seed: int,
-               blocks: int) -> np.ndarray:
-    """Spark MLlib ALS with implicit feedback; the factors are multiplied on the driver."""
+def als_top(train: DataFrame, index: ItemIndex, users: list[str], excluded: sparse.csr_matrix, k: int,
+            params: dict, seed: int, blocks: int) -> np.ndarray:
+    """Spark MLlib ALS with implicit feedback: each user's top k (positions), the factors
+    multiplied on the driver a block of users at a time (a bounded dense block)."""
     spark = train.sparkSession
     ids = spark.createDataFrame(pd.DataFrame({"product_id": index.ids, "item": np.arange(len(index))}))
     user_ids = train.select("user_id").distinct().withColumn(
@@ -77,11 +75,16 @@ def als_scores(train: DataFrame, index: ItemIndex, users: list[str], params: dic
     item_factors = np.zeros((len(index), ALS_RANK), dtype=np.float32)
     for row in fitted.itemFactors.toPandas().itertuples():
         item_factors[row.id] = row.features
-    user_factors = fitted.userFactors.toPandas().merge(
-        user_ids.toPandas(), left_on="id", right_on="user"
-    ).set_index("user_id")["features"]
-    wanted = np.stack([np.asarray(user_factors.get(u, np.zeros(ALS_RANK)), dtype=np.float32) for u in users])
-    return wanted @ item_factors.T
+    wanted = spark.createDataFrame(pd.DataFrame({"user_id": users}, dtype=object), schema="user_id string")
+    user_factors = fitted.userFactors.join(
+        user_ids.join(F.broadcast(wanted), "user_id"), F.col("id") == F.col("user")
+    ).select("user_id", "features").toPandas().set_index("user_id")["features"]
+    factors = np.stack([np.asarray(user_factors.get(u, np.zeros(ALS_RANK)), dtype=np.float32) for u in users])
+    block = max(1, DENSE_BLOCK_CELLS // max(len(index), 1))
+    return np.vstack([
+        recommender.top_k_dense(factors[start:start + block] @ item_factors.T, excluded[start:start + block], k)[0]
+        for start in range(0, len(users), block)
+    ]) if users else np.zeros((0, k), dtype=np.int64)
 
 
 # --- Evaluation run ------------------------------------------------------------------
@@ -139,11 +142,10 @@ def evaluate_methods(
     if not can_tune:
         log.warning("no validation users before the test window: hyper-parameters stay at their defaults")
 
-    def best_on_validation(candidates: dict, validation_scores) -> object:
+    def best_on_validation(candidates: dict, validation_top) -> object:
         if not can_tune:
             return next(iter(candidates))
-        return max(candidates, key=lambda c: recommender.ndcg(validation_scores(c), validation.excluded,
-                                                              validation.relevant, k))
+        return max(candidates, key=lambda c: recommender.ndcg(validation_top(c), validation.relevant))
 
     # Ours: the same procedure as the recommend step, on the train part only.
     settings = tune_time_settings(inner.train, index, validation, config)
@@ -153,55 +155,55 @@ def evaluate_methods(
                                              customers=validation_customers)
     test_model = recommender.fit_model(split.train, index, content, clusters, ours,
                                        trend_half_life_days=half_life, counts=train_counts)
-    validation_scores = recommender.signal_scores(validation_model, validation.history, validation.users)
-    test_scores = recommender.signal_scores(test_model, test.history, test.users)
+    validation_scores = recommender.signal_scores(validation_model, validation.history, validation.users, k)
+    test_scores = recommender.signal_scores(test_model, test.history, test.users, k)
     start = recommender.default_weights(config)
     tuned = {}
     for name, fixed in (("published", {}), ("without_text", dict.fromkeys(recommender.TEXT_SIGNALS, 0.0))):
         weights = tune(validation_scores, validation, start, k, fixed)[0]
         tuned[name] = weights
-        tops[name] = recommender.ranked(test_scores, weights, test.excluded, k, config.discovery_share)[0]
+        tops[name] = recommender.ranked(test_scores, weights, k, config.discovery_share)[0]
     # Without time: no recency decay in histories, no "bought next", no similar customers' recent buys, no trending.
     flat = 1e9
     flat_validation = eval_set(inner, index, config, half_life_days=flat)
     flat_test = eval_set(split, index, config, half_life_days=flat)
-    flat_validation_scores = recommender.signal_scores(validation_model, flat_validation.history, validation.users)
-    flat_test_scores = recommender.signal_scores(test_model, flat_test.history, test.users)
+    flat_validation_scores = recommender.signal_scores(validation_model, flat_validation.history, validation.users,
+                                                       k)
+    flat_test_scores = recommender.signal_scores(test_model, flat_test.history, test.users, k)
     weights = tune(flat_validation_scores, validation, start, k, dict.fromkeys(recommender.TIME_SIGNALS, 0.0))[0]
     tuned["without_time"] = weights
-    tops["without_time"] = recommender.ranked(
-        flat_test_scores, weights, test.excluded, k, config.discovery_share)[0]
+    tops["without_time"] = recommender.ranked(flat_test_scores, weights, k, config.discovery_share)[0]
 
     # Baselines, each tuned on validation the same way.
-    users = len(test.users)
-    tops["most_popular"] = recommender.top_k(tiled(test.buyers, users), test.excluded, k)[0]
+    tops["most_popular"] = recommender.top_k_popular(test.buyers, test.excluded, k)
     trending = recommender.trend_vector(split.train, index, half_life, config)
-    tops["trending"] = recommender.top_k(tiled(trending, users), test.excluded, k)[0]
-    tops["item_knn"] = recommender.top_k(
-        cosine_scores(train_counts, binary_history(test, index)), test.excluded, k)[0]
+    tops["trending"] = recommender.top_k_popular(trending, test.excluded, k)
+    tops["item_knn"] = recommender.top_k(cosine_scores(train_counts, binary_history(test, index)), test.excluded, k)[0]
     validation_history = binary_history(validation, index)
     ease_lambda = best_on_validation(
         {config.ease_lambda: None, **dict.fromkeys(EASE_LAMBDAS)},
-        lambda lam: ease_scores(inner_counts, validation_history, lam, config.ease_max_items),
+        lambda lam: recommender.top_k(ease_scores(inner_counts, validation_history, lam, config.ease_max_items),
+                                      validation.excluded, k)[0],
     )
     tops["ease"] = recommender.top_k(
         ease_scores(train_counts, binary_history(test, index), ease_lambda, config.ease_max_items),
         test.excluded, k)[0]
     als_index = best_on_validation(
         dict(enumerate(ALS_GRID)),
-        lambda i: als_scores(inner.train, index, validation.users, ALS_GRID[i], config.seed, config.als_blocks),
+        lambda i: als_top(inner.train, index, validation.users, validation.excluded, k, ALS_GRID[i], config.seed,
+                          config.als_blocks),
     )
-    tops["als"] = recommender.top_k(
-        als_scores(split.train, index, test.users, ALS_GRID[als_index], config.seed, config.als_blocks),
-        test.excluded, k)[0]
+    tops["als"] = als_top(split.train, index, test.users, test.excluded, k, ALS_GRID[als_index], config.seed,
+                          config.als_blocks)
     # Cluster-only: plain (undecayed) popularity inside the user's favourite clusters.
     popular_model = dataclasses.replace(test_model, trend=test.buyers / max(test.buyers.max(), 1))
-    cluster_only = recommender.signal_scores(popular_model, test.history, test.users)["cluster"]
-    tops["cluster_only"] = recommender.top_k(cluster_only, test.excluded, k)[0]
+    cluster_only = recommender.signal_scores(popular_model, test.history, test.users, k)
+    tops["cluster_only"] = recommender.ranked(cluster_only, {"cluster": 1.0}, k, 0.0)[0]
 
     rows = [row for method, top in tops.items() for row in metric_rows(method, top, test, cluster_of)]
     tuning = {
         "protocol": protocol, "k": k, "test_users": len(test.users), "validation_users": len(validation.users),
+        "test_window_users": test.window_users, "validation_window_users": validation.window_users,
         "tuned": can_tune,
         "weights": tuned, "trend_half_life_days": half_life, "ease_lambda": ease_lambda,
         "neighbour_half_life_days": ours.neighbour_half_life_days, "neighbour_users": ours.neighbour_users,

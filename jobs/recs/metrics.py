@@ -21,7 +21,7 @@ def hits(top: np.ndarray, relevant: sparse.csr_matrix) -> np.ndarray:
 
 
 def ranking_metrics(top: np.ndarray, relevant: sparse.csr_matrix) -> dict[str, float]:
-    """Mean HitRate, NDCG, Recall and MAP at K = top.shape[1] over the users."""
+    """Mean HitRate, NDCG (and its 95% interval), Recall and MAP at K = top.shape[1] over the users."""
     k = top.shape[1]
     found = hits(top, relevant)
     relevant_counts = np.asarray(relevant.sum(axis=1)).ravel().astype(np.int64)
@@ -30,9 +30,12 @@ def ranking_metrics(top: np.ndarray, relevant: sparse.csr_matrix) -> dict[str, f
     ideal = np.cumsum(discounts)[np.minimum(relevant_counts, k) - 1]
     precision_at = np.cumsum(found, axis=1) / np.arange(1, k + 1)
     average_precision = (precision_at * found).sum(axis=1) / np.minimum(relevant_counts, k)
+    ndcg = dcg / ideal
     return {
         "hit": float(found.any(axis=1).mean()),
-        "ndcg": float((dcg / ideal).mean()),
+        "ndcg": float(ndcg.mean()),
+        # Half-width of NDCG's 95% interval over these users (a sample of the window's).
+        "ndcg_ci95": float(1.96 * ndcg.std(ddof=1) / np.sqrt(len(ndcg))) if len(ndcg) > 1 else 0.0,
         "recall": float((found.sum(axis=1) / relevant_counts).mean()),
         "map": float(average_precision.mean()),
     }

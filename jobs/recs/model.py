@@ -6,7 +6,9 @@ Spark counts what needs the whole event log (user-product weights, co-occurrence
 top `neighbours_per_product` per product there, so the driver receives O(products x K)
 rows, never all pairs (EASE, a dense inverse, only sees its `ease_max_items` most
 popular products). The driver turns those rows into compact sparse item x item
-matrices, which are broadcast, and each Spark task scores its block of users.
+matrices, which are broadcast, and each Spark task scores its block of users on their
+candidates only (`signal_scores`): never a users x catalog array, so the cost of
+scoring grows with the histories, not with users x products.
 
 Signals, each normalised per user to [0, 1] before blending:
 - covisit: item-kNN, cosine of two products' user sets;
@@ -48,6 +50,7 @@ TEXT_SIGNALS = ("content", "cluster")
 # reason_event of a pick that similar customers bought recently, with no product of the
 # user's own history behind it.
 SIMILAR_CUSTOMERS = "similar_customers"
+SIMILARITY_BLOCK = 1000  # users whose similarity to every customer is computed at once
 
 
 def default_weights(config: RecsConfig) -> dict[str, float]:
@@ -322,66 +325,213 @@ def neighbour_scores(customers: Customers | None, users: list[str], products: in
         return sparse.csr_matrix((len(users), products))
     rows = customers.index.positions(users)
     known = np.flatnonzero(rows >= 0)
-    similarity = (customers.profiles[rows[known]] @ customers.profiles.T).tocoo()
-    own = rows[known][similarity.row] == similarity.col
-    similarity.data[own] = 0  # a user is not their own neighbour
-    nearest = top_per_row(similarity, customers.neighbours, drop_diagonal=False)
+    parts = []
+    # A block of users at a time: a user who bought a best-seller shares it with a large
+    # share of all customers, so a similarity row is long until cut to the nearest.
+    for start in range(0, len(known), SIMILARITY_BLOCK):
+        block = rows[known[start:start + SIMILARITY_BLOCK]]
+        similarity = (customers.profiles[block] @ customers.profiles.T).tocoo()
+        similarity.data[block[similarity.row] == similarity.col] = 0  # a user is not their own neighbour
+        parts.append(top_per_row(similarity, customers.neighbours, drop_diagonal=False) @ customers.recent)
     placed = sparse.csr_matrix(
         (np.ones(len(known)), (known, np.arange(len(known)))), shape=(len(users), len(known))
     )
-    return (placed @ (nearest @ customers.recent)).tocsr()
+    scores = sparse.vstack(parts).tocsr() if parts else sparse.csr_matrix((0, products))
+    return (placed @ scores).tocsr()
 
 
-def _per_user_max_normalised(scores: np.ndarray) -> np.ndarray:
-    top = scores.max(axis=1, keepdims=True)
-    return np.divide(scores, top, out=np.zeros_like(scores), where=top > 0)
+# A user is scored on candidates only, never on the whole catalog: the products an
+# item-item signal or a similar customer reaches from their history, plus, for the
+# trend and cluster signals (which rank every product), just enough of the most popular
+# products overall and in each cluster the user cares for. Every signal is >= 0, so a
+# product left out is beaten on every signal by k candidates of its own cluster the
+# user has not bought: the blend's top k over the candidates is its top k over the
+# catalog, for any weights. Memory is O(users x candidates), linear in the histories.
 
 
-def signal_scores(model: Model, history: pd.DataFrame, users: list[str]) -> dict[str, np.ndarray]:
-    """Per signal, a users x products array normalised per user to [0, 1]."""
+@dataclass
+class Scores:
+    """Each user's candidate products and every signal's score for them.
+
+    `candidates` is users x products (CSR, sorted indices; its structure is what counts):
+    one entry per (user, candidate). `values[signal]` and `excluded` are aligned with its
+    entries: the signal normalised per user to [0, 1], and whether the user bought it.
+    """
+
+    candidates: sparse.csr_matrix
+    values: dict[str, np.ndarray]
+    excluded: np.ndarray
+
+    def __getitem__(self, signal: str) -> np.ndarray:
+        return self.values[signal]
+
+    @property
+    def positions(self) -> np.ndarray:
+        return self.candidates.indices
+
+
+def entries_at(matrix: sparse.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Index into `matrix.data` of each (row, col), -1 where the matrix holds no entry."""
+    matrix = matrix.tocsr()
+    matrix.sort_indices()
+    width = np.int64(matrix.shape[1])
+    keys = np.repeat(np.arange(matrix.shape[0], dtype=np.int64), np.diff(matrix.indptr)) * width + matrix.indices
+    wanted = rows.astype(np.int64) * width + cols
+    if len(keys) == 0:
+        return np.full(len(wanted), -1, dtype=np.int64)
+    found = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+    return np.where(keys[found] == wanted, found, -1)
+
+
+def values_at(matrix: sparse.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    matrix = matrix.tocsr()
+    matrix.sort_indices()
+    found = entries_at(matrix, rows, cols)
+    return np.where(found >= 0, matrix.data[np.maximum(found, 0)] if len(matrix.data) else 0.0, 0.0)
+
+
+def leading(order: np.ndarray, starts: np.ndarray, lengths: np.ndarray, rows: np.ndarray):
+    """(rows, products): for each i, the first lengths[i] products of `order` from
+    starts[i] on, on row rows[i]."""
+    lengths = np.maximum(lengths, 0)
+    total = int(lengths.sum())
+    offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
+    return np.repeat(rows, lengths), order[offsets]
+
+
+def popular_candidates(popularity: np.ndarray, excluded: sparse.csr_matrix, k: int):
+    """(rows, products): per user, the k most popular products they have not bought
+    (taken as the first k + bought of the popularity order)."""
+    order = np.argsort(-popularity, kind="stable")
+    bought = np.diff(excluded.indptr)
+    lengths = np.minimum(k + bought, len(order))
+    return leading(order, np.zeros(len(bought), dtype=np.int64), lengths, np.arange(len(bought)))
+
+
+def _per_user_normalised(matrix: sparse.csr_matrix) -> sparse.csr_matrix:
+    matrix = sparse.csr_matrix(matrix, dtype=np.float32)
+    top = np.asarray(matrix.max(axis=1).todense()).ravel() if matrix.shape[1] else np.zeros(matrix.shape[0])
+    return (sparse.diags(np.divide(1.0, top, out=np.zeros_like(top, dtype=np.float64), where=top > 0))
+            @ matrix).tocsr()
+
+
+def signal_scores(model: Model, history: pd.DataFrame, users: list[str], k: int) -> Scores:
+    """Every signal of `model` for `users` on their candidates, enough for a top k."""
+    products = len(model.index)
     weights = history_matrix(history, users, model.index)
+    excluded = history_matrix(history[history["purchased"]].assign(one=1.0), users, model.index, "one")
     shares = sparse.diags(1.0 / np.maximum(np.asarray(weights.sum(axis=1)).ravel(), 1e-12)) @ weights
     recent = history_matrix(
         history[history["recency"] <= model.recent_items_for_next], users, model.index
     ) if "recency" in history else weights
-    scores = {
+    personal = {
         "covisit": shares @ model.edges["covisit"],
         "ease": shares @ model.edges["ease"],
         "next": recent @ model.edges["next"],
         "content": shares @ model.edges["content"],
-        "neighbours": neighbour_scores(model.customers, users, len(model.index)),
+        "neighbours": neighbour_scores(model.customers, users, products),
     }
-    scores = {
-        name: _per_user_max_normalised(np.asarray(value.todense(), dtype=np.float32)) for name, value in scores.items()
-    }
-    # Interest per cluster, spread over that cluster's products by their popularity.
-    clusters = int(model.cluster_of.max()) + 1 if len(model.cluster_of) else 0
-    if clusters > 0:
+    personal = {name: _per_user_normalised(matrix) for name, matrix in personal.items()}
+    parts = [matrix.tocoo() for matrix in personal.values()]
+    picks = [(part.row, part.col) for part in parts] + [popular_candidates(model.trend, excluded, k)]
+    # Interest per cluster, spread over that cluster's products by their popularity:
+    # each cluster's k + (bought there) most popular products are its candidates.
+    clustered = model.cluster_of >= 0
+    clusters = int(model.cluster_of.max()) + 1 if clustered.any() else 0
+    interest = np.zeros((len(users), clusters))
+    if clusters:
         membership = sparse.csr_matrix(
-            (np.ones(int((model.cluster_of >= 0).sum())), (np.flatnonzero(model.cluster_of >= 0),
-                                                           model.cluster_of[model.cluster_of >= 0])),
-            shape=(len(model.index), clusters),
+            (np.ones(int(clustered.sum())), (np.flatnonzero(clustered), model.cluster_of[clustered])),
+            shape=(products, clusters),
         )
         interest = np.asarray((shares @ membership).todense())
-        affinity = interest[:, np.maximum(model.cluster_of, 0)] * (model.cluster_of >= 0)
-        scores["cluster"] = _per_user_max_normalised(affinity * model.trend[None, :])
+        order = np.lexsort((-model.trend, np.where(clustered, model.cluster_of, clusters)))
+        sizes = np.bincount(model.cluster_of[clustered], minlength=clusters)
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        bought_there = np.asarray((excluded @ membership).todense())
+        rows, cluster = np.nonzero(interest > 0)
+        lengths = np.minimum(k + bought_there[rows, cluster].astype(np.int64), sizes[cluster])
+        picks.append(leading(order, starts[cluster], lengths, rows))
+    rows = np.concatenate([r for r, _ in picks]).astype(np.int64)
+    cols = np.concatenate([c for _, c in picks]).astype(np.int64)
+    candidates = sparse.csr_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(len(users), products))
+    candidates.sum_duplicates()
+    candidates.sort_indices()
+    rows = np.repeat(np.arange(len(users)), np.diff(candidates.indptr))
+    cols = candidates.indices
+    values = {name: values_at(matrix, rows, cols).astype(np.float32) for name, matrix in personal.items()}
+    if clusters:
+        best_per_cluster = np.zeros(clusters)
+        np.maximum.at(best_per_cluster, model.cluster_of[clustered], model.trend[clustered])
+        top = (interest * best_per_cluster[None, :]).max(axis=1)
+        own = model.cluster_of[cols]
+        affinity = np.where(own >= 0, interest[rows, np.maximum(own, 0)], 0.0) * model.trend[cols]
+        values["cluster"] = np.divide(affinity, top[rows], out=np.zeros_like(affinity),
+                                      where=top[rows] > 0).astype(np.float32)
     else:
-        scores["cluster"] = np.zeros((len(users), len(model.index)))
-    scores["trend"] = np.repeat(model.trend[None, :].astype(np.float32), len(users), axis=0)
-    return scores
+        values["cluster"] = np.zeros(len(cols), dtype=np.float32)
+    values["trend"] = model.trend[cols].astype(np.float32)
+    return Scores(candidates, values, values_at(excluded, rows, cols) > 0)
 
 
-def blend(scores: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
-    total = np.zeros_like(next(iter(scores.values())))
+def blend(scores: Scores, weights: dict[str, float]) -> np.ndarray:
+    """The weighted sum of the signals, per candidate entry."""
+    total = np.zeros(len(scores.positions), dtype=np.float32)
     for name, weight in weights.items():
         if weight:
-            total += weight * scores[name]
+            total += np.float32(weight) * scores[name]
     return total
 
 
-def top_k(blended: np.ndarray, excluded: sparse.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(positions, scores) of each user's best k products, excluded ones never."""
-    masked = blended.copy()
+def top_entries(indptr: np.ndarray, values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of a CSR layout, its k largest finite `values`: (entry indices, values),
+    users x k, best first; -1 and -inf where a row has fewer. Rows are padded to their
+    size bucket (powers of two), so the work is O(entries), whatever the catalog."""
+    users = len(indptr) - 1
+    entries = np.full((users, k), -1, dtype=np.int64)
+    best = np.full((users, k), -np.inf, dtype=np.float64)
+    lengths = np.diff(indptr)
+    buckets = np.ceil(np.log2(np.maximum(lengths, 1))).astype(np.int64)
+    for bucket in np.unique(buckets[lengths > 0]):
+        rows = np.flatnonzero((buckets == bucket) & (lengths > 0))
+        width = int(lengths[rows].max())
+        offsets = indptr[rows][:, None] + np.arange(width)[None, :]
+        inside = np.arange(width)[None, :] < lengths[rows][:, None]
+        offsets = np.where(inside, offsets, 0)
+        padded = np.where(inside, values[offsets], -np.inf)
+        keep = min(k, width)
+        chosen = np.argpartition(-padded, keep - 1, axis=1)[:, :keep] if keep < width else np.broadcast_to(
+            np.arange(width), (len(rows), width))
+        chosen_values = np.take_along_axis(padded, chosen, axis=1)
+        order = np.argsort(-chosen_values, axis=1, kind="stable")
+        chosen, chosen_values = np.take_along_axis(chosen, order, axis=1), np.take_along_axis(chosen_values, order, 1)
+        found = np.isfinite(chosen_values)
+        entries[rows, :keep] = np.where(found, np.take_along_axis(offsets, chosen, axis=1), -1)
+        best[rows, :keep] = chosen_values
+    return entries, best
+
+
+def top_k(matrix: sparse.csr_matrix, excluded: sparse.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, scores) of each row's best k entries of a users x products sparse
+    matrix (its entries are the candidates), excluded ones never; -1 / -inf when short."""
+    matrix = sparse.csr_matrix(matrix, dtype=np.float64)
+    matrix.sort_indices()
+    rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+    values = np.where(values_at(excluded, rows, matrix.indices) > 0, -np.inf, matrix.data)
+    entries, best = top_entries(matrix.indptr, values, k)
+    return np.where(entries >= 0, matrix.indices[np.maximum(entries, 0)], -1), best
+
+
+def top_k_popular(popularity: np.ndarray, excluded: sparse.csr_matrix, k: int) -> np.ndarray:
+    """Positions of the k most popular products each user has not bought (not personal)."""
+    rows, cols = popular_candidates(popularity, excluded, k)
+    ranked_list = sparse.csr_matrix((popularity[cols] + 1.0, (rows, cols)), shape=excluded.shape)
+    return top_k(ranked_list, excluded, k)[0]
+
+
+def top_k_dense(scores: np.ndarray, excluded: sparse.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, scores) of each row's best k products of a dense users x products block."""
+    masked = scores.astype(np.float64, copy=True)
     masked[excluded.nonzero()] = -np.inf
     k = min(k, masked.shape[1])
     best = np.argpartition(-masked, k - 1, axis=1)[:, :k]
@@ -394,32 +544,43 @@ def discovery_slots(k: int, share: float) -> int:
     return min(int(round(k * share)), k - 1) if k > 1 else 0
 
 
-def ranked(
-    scores: dict[str, np.ndarray], weights: dict[str, float], excluded: sparse.csr_matrix, k: int, share: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """(positions, blended scores) of each user's k products: the blend's best first,
-    then `discovery_slots` filled from the user's own item-item signals."""
-    blended = blend(scores, weights)
+def ranked_entries(scores: Scores, weights: dict[str, float], k: int, share: float
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(entries, blended scores) of each user's k products: the blend's best first, then
+    `discovery_slots` for the best of the user's own item-item signals not yet shown
+    (the blend's next best when those run out)."""
+    blended = np.where(scores.excluded, -np.inf, blend(scores, weights))
+    indptr = scores.candidates.indptr
+    entries, best = top_entries(indptr, blended, k)
     slots = discovery_slots(k, share)
-    positions, best_scores = top_k(blended, excluded, k - slots)
     if slots == 0:
-        return positions, best_scores
+        return entries, best
+    lead = k - slots
     personal = {name: w for name, w in weights.items() if name in EDGE_SIGNALS and w} or {"ease": 1.0}
-    rows = np.repeat(np.arange(len(positions)), positions.shape[1])
-    shown = sparse.csr_matrix((np.ones(positions.size), (rows, positions.ravel())), shape=excluded.shape)
-    extra, extra_scores = top_k(blend(scores, personal), (excluded + shown).tocsr(), slots)
-    # Report the blended score of a discovery pick, so scores compare across a list.
-    extra_blended = np.where(np.isfinite(extra_scores), np.take_along_axis(blended, extra, axis=1), -np.inf)
-    return np.hstack([positions, extra]), np.hstack([best_scores, extra_blended])
+    own = blend(scores, personal)
+    own[scores.excluded | (own <= 0)] = -np.inf
+    shown = entries[:, :lead]
+    own[shown[shown >= 0]] = -np.inf
+    extra, _ = top_entries(indptr, own, slots)
+    rest = entries[:, lead:]
+    rest = np.where((rest[:, :, None] == extra[:, None, :]).any(axis=2), -1, rest)
+    combined = np.hstack([shown, extra, rest])
+    combined = np.take_along_axis(combined, np.argsort(combined < 0, axis=1, kind="stable"), axis=1)[:, :k]
+    return combined, np.where(combined >= 0, blended[np.maximum(combined, 0)], -np.inf)
+
+
+def ranked(scores: Scores, weights: dict[str, float], k: int, share: float) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, blended scores) of each user's k products (see `ranked_entries`)."""
+    entries, best = ranked_entries(scores, weights, k, share)
+    return np.where(entries >= 0, scores.positions[np.maximum(entries, 0)], -1), best
 
 
 def recommend_block(model: Model, history: pd.DataFrame, k: int) -> pd.DataFrame:
     """(user_id, rank, product_id, score, reason_product_id, reason_event) for the users
     of `history` (user_id, product_id, weight, purchased, strongest_event, recency)."""
     users = list(dict.fromkeys(history["user_id"]))
-    scores = signal_scores(model, history, users)
-    bought = history_matrix(history[history["purchased"]].assign(one=1.0), users, model.index, "one")
-    positions, best_scores = ranked(scores, model.weights, bought, k, model.discovery_share)
+    scores = signal_scores(model, history, users, k)
+    entries, best_scores = ranked_entries(scores, model.weights, k, model.discovery_share)
     rows = []
     personal = {name: w for name, w in model.weights.items() if w and name in EDGE_SIGNALS}
     weights = history_matrix(history, users, model.index)
@@ -428,12 +589,14 @@ def recommend_block(model: Model, history: pd.DataFrame, k: int) -> pd.DataFrame
     from_customers = model.weights.get("neighbours", 0) * scores["neighbours"] > model.weights.get(
         "trend", 0) * scores["trend"]
     for row, user_id in enumerate(users):
-        valid = np.isfinite(best_scores[row])  # fewer products left than k
-        chosen, scores_of_chosen = positions[row][valid], best_scores[row][valid]
+        valid = entries[row] >= 0  # fewer products left than k
+        chosen_entries, scores_of_chosen = entries[row][valid], best_scores[row][valid]
+        chosen = scores.positions[chosen_entries]
         reasons = _reason_items(model, personal, weights[row], chosen)
         rows += [
-            (user_id, rank, model.index.ids[position], float(score), reason, bool(from_customers[row, position]))
-            for rank, (position, score, reason) in enumerate(zip(chosen, scores_of_chosen, reasons, strict=True), 1)
+            (user_id, rank, model.index.ids[position], float(score), reason, bool(from_customers[entry]))
+            for rank, (position, entry, score, reason)
+            in enumerate(zip(chosen, chosen_entries, scores_of_chosen, reasons, strict=True), 1)
         ]
     result = pd.DataFrame(
         rows, columns=["user_id", "rank", "product_id", "score", "reason_position", "from_customers"]
@@ -602,8 +765,8 @@ def fit_model(
     )
 
 
-def ndcg(blended: np.ndarray, excluded: sparse.csr_matrix, relevant: sparse.csr_matrix, k: int) -> float:
-    positions, _ = top_k(blended, excluded, k)
+def ndcg(positions: np.ndarray, relevant: sparse.csr_matrix) -> float:
+    """NDCG of users x k top lists (positions, -1 for an empty slot)."""
     return ranking_metrics(positions, relevant)["ndcg"]
 
 
@@ -611,8 +774,7 @@ WEIGHT_GRID = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 def tune_weights(
-    scores: dict[str, np.ndarray],
-    excluded: sparse.csr_matrix,
+    scores: Scores,
     relevant: sparse.csr_matrix,
     k: int,
     start: dict[str, float],
@@ -622,7 +784,11 @@ def tune_weights(
     """Coordinate ascent on validation NDCG@k over the blend weights; `fixed` ones stay."""
     fixed = fixed or {}
     weights = {**start, **fixed}
-    best = ndcg(blend(scores, weights), excluded, relevant, k)
+
+    def quality(candidate: dict[str, float]) -> float:
+        return ndcg(ranked(scores, candidate, k, 0.0)[0], relevant)
+
+    best = quality(weights)
     for _ in range(rounds):
         improved = False
         for name in [s for s in SIGNALS if s not in fixed]:
@@ -632,7 +798,7 @@ def tune_weights(
                 candidate = {**weights, name: value}
                 if not any(candidate.values()):
                     continue
-                score = ndcg(blend(scores, candidate), excluded, relevant, k)
+                score = quality(candidate)
                 if score > best + 1e-9:
                     weights, best, improved = candidate, score, True
         if not improved:

@@ -77,18 +77,31 @@ def make_split(events: DataFrame, protocol: str, days: int) -> Split:
 class EvalSet:
     """A split as numpy: its test users' histories, what to exclude, what is relevant."""
 
-    users: list[str]
+    users: list[str]  # those with a relevant product, or a seeded sample of them (`sampled_users`)
     history: pd.DataFrame
     excluded: sparse.csr_matrix
     relevant: sparse.csr_matrix
     buyers: np.ndarray  # users who bought each product in the train part
     train_users: int
     purchases_per_user: np.ndarray
+    window_users: int  # users with a relevant product, before sampling
+
+
+def sampled_users(users, limit: int, seed: int) -> list[str]:
+    """All of `users` (sorted) when there are at most `limit`, else a seeded sample of
+    `limit` of them: the same users for the same input and seed."""
+    users = sorted(users)
+    if len(users) <= limit:
+        return users
+    chosen = np.random.default_rng(seed).choice(len(users), size=limit, replace=False)
+    return [users[i] for i in sorted(chosen)]
 
 
 def eval_set(split: Split, index: ItemIndex, config: RecsConfig, half_life_days: float | None = None) -> EvalSet:
     relevant = split.relevant[index.positions(split.relevant["product_id"]) >= 0]
-    users = sorted(relevant["user_id"].unique())
+    window_users = relevant["user_id"].nunique()
+    users = sampled_users(relevant["user_id"].unique(), config.eval_users, config.seed)
+    relevant = relevant[relevant["user_id"].isin(set(users))]
     spark = split.train.sparkSession
     wanted = spark.createDataFrame(pd.DataFrame({"user_id": users}, dtype=object), schema="user_id string")
     user_items = recommender.user_item_weights(split.train, config, half_life_days)
@@ -110,6 +123,7 @@ def eval_set(split: Split, index: ItemIndex, config: RecsConfig, half_life_days:
         buyers=buyer_counts,
         train_users=split.train.select("user_id").distinct().count(),
         purchases_per_user=np.asarray(excluded.sum(axis=1)).ravel(),
+        window_users=window_users,
     )
 
 

@@ -19,7 +19,7 @@ from pyspark.sql import DataFrame
 
 from recs import model as recommender
 from recs.config import RecsConfig
-from recs.model import Customers, ItemIndex, Model
+from recs.model import Customers, ItemIndex, Model, Scores
 from recs.splits import EvalSet, eval_set, make_split
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,7 @@ def tune_trend_half_life(
     """The half-life whose trending list ranks best on `evaluation` (the trending baseline)."""
     trends = recommender.trend_vectors(events, index, TREND_HALF_LIVES, config)
     scores = {
-        h: recommender.ndcg(np.tile(t, (len(evaluation.users), 1)), evaluation.excluded, evaluation.relevant,
-                            config.eval_k)
+        h: recommender.ndcg(recommender.top_k_popular(t, evaluation.excluded, config.eval_k), evaluation.relevant)
         for h, t in trends.items()
     }
     return max(scores, key=scores.get), trends
@@ -53,9 +52,9 @@ def tune_neighbours(
             events, index, dataclasses.replace(config, neighbour_half_life_days=half_life))
         for users in sorted({config.neighbour_users, *NEIGHBOUR_USERS}):
             customers = dataclasses.replace(profiles, neighbours=users)
-            scores = recommender.neighbour_scores(customers, evaluation.users, len(index)).toarray()
-            results[half_life, users] = (
-                recommender.ndcg(scores, evaluation.excluded, evaluation.relevant, config.eval_k), customers)
+            scores = recommender.neighbour_scores(customers, evaluation.users, len(index))
+            top = recommender.top_k(scores, evaluation.excluded, config.eval_k)[0]
+            results[half_life, users] = (recommender.ndcg(top, evaluation.relevant), customers)
     half_life, users = max(results, key=lambda key: results[key][0])
     tuned = dataclasses.replace(config, neighbour_half_life_days=half_life, neighbour_users=users)
     return tuned, results[half_life, users][1]
@@ -83,14 +82,14 @@ def tune_time_settings(
 
 
 def tune(
-    scores: dict[str, np.ndarray], validation: EvalSet, start: dict[str, float], k: int,
+    scores: Scores, validation: EvalSet, start: dict[str, float], k: int,
     fixed: dict[str, float] | None = None,
 ) -> tuple[dict[str, float], float | None]:
     """Blend weights by coordinate ascent on validation NDCG@k, `fixed` ones held;
     (weights, NDCG@k). Without validation users: `start` with `fixed`, and no NDCG."""
     if not validation.users:
         return {**start, **(fixed or {})}, None
-    return recommender.tune_weights(scores, validation.excluded, validation.relevant, k, start, fixed)
+    return recommender.tune_weights(scores, validation.relevant, k, start, fixed)
 
 
 def tuned_model(
@@ -112,7 +111,8 @@ def tuned_model(
         validation.train, index, content, clusters, config, trend_half_life_days=half_life,
         customers=settings.customers,
     )
-    scores = recommender.signal_scores(validation_model, validation_set.history, validation_set.users)
+    scores = recommender.signal_scores(validation_model, validation_set.history, validation_set.users,
+                                       config.eval_k)
     weights, validation_ndcg = tune(scores, validation_set, recommender.default_weights(config), config.eval_k)
     log.info("tuned on %d validation users: weights %s, trend half-life %s days, %d similar customers with a "
              "half-life of %s days, NDCG@%d %.4f", len(validation_set.users), weights, half_life,

@@ -56,15 +56,23 @@ def test_recommend_block_never_returns_bought_products_and_explains_personal_one
     assert len(u2) == 3
 
 
+def dense_scores(signals: dict[str, np.ndarray], excluded: sparse.csr_matrix) -> model.Scores:
+    """`Scores` with every product a candidate, from users x products arrays."""
+    users, products = next(iter(signals.values())).shape
+    candidates = sparse.csr_matrix(np.ones((users, products), dtype=np.int8))
+    values = {name: np.asarray(array, dtype=np.float32).ravel() for name, array in signals.items()}
+    return model.Scores(candidates, values, excluded.toarray().ravel() > 0)
+
+
 def test_tune_weights_finds_the_informative_signal():
     rng = np.random.default_rng(0)
     relevant = sparse.csr_matrix((np.ones(50), (np.arange(50), rng.integers(0, 30, 50))), shape=(50, 30))
     signal = relevant.toarray() + 0.01 * rng.random((50, 30))
     noise = rng.random((50, 30))
-    scores = {name: noise.copy() for name in model.SIGNALS}
-    scores["ease"] = signal
+    signals = {name: noise.copy() for name in model.SIGNALS}
+    signals["ease"] = signal
     start = dict.fromkeys(model.SIGNALS, 1.0)
-    weights, best = model.tune_weights(scores, sparse.csr_matrix((50, 30)), relevant, 5, start)
+    weights, best = model.tune_weights(dense_scores(signals, sparse.csr_matrix((50, 30))), relevant, 5, start)
     assert best == pytest.approx(1.0)
     assert weights["ease"] > 0
 
@@ -100,9 +108,9 @@ def test_no_leakage_from_the_test_window(spark):
     test = eval_set(split, index, config)
     assert test.buyers[x] == 0
     # Only text (known before the cutoff) may point at X; behaviour and popularity may not.
-    scores = model.signal_scores(fitted, test.history, test.users)
+    scores = model.signal_scores(fitted, test.history, test.users, config.eval_k)
     for name in ("covisit", "ease", "next", "neighbours", "trend"):
-        assert not scores[name][:, x].any(), name
+        assert not scores[name][scores.positions == x].any(), name
     assert fitted.customers.recent[:, x].nnz == 0
 
 
@@ -146,18 +154,23 @@ def test_ranked_gives_the_last_slots_to_the_users_own_signals():
     # Trend prefers products 0 > 1 > 2 > 3; the user's covisit signal 5 > 4 > 3.
     trend = np.array([[1.0, 0.9, 0.8, 0.7, 0.0, 0.0]] * 2)
     covisit = np.array([[0.0, 0.0, 0.0, 0.5, 0.8, 1.0]] * 2)
-    scores = {"trend": trend, "covisit": covisit}
+    signals = {"trend": trend, "covisit": covisit}
     weights = {"trend": 1.0, "covisit": 0.1}
-    nothing = sparse.csr_matrix((2, 6))
-    plain, _ = model.ranked(scores, weights, nothing, 4, 0.0)
+    nothing = dense_scores(signals, sparse.csr_matrix((2, 6)))
+    plain, _ = model.ranked(nothing, weights, 4, 0.0)
     np.testing.assert_array_equal(plain, [[0, 1, 2, 3]] * 2)
-    positions, blended = model.ranked(scores, weights, nothing, 4, 0.5)
+    positions, blended = model.ranked(nothing, weights, 4, 0.5)
     np.testing.assert_array_equal(positions, [[0, 1, 5, 4]] * 2)
     np.testing.assert_allclose(blended[0], [1.0, 0.9, 0.1, 0.08])  # the blend's score, for every slot
     # Bought products are never shown, in either part; shown ones never twice.
     bought = sparse.csr_matrix(np.array([[1, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 0]]))
-    positions, _ = model.ranked(scores, weights, bought, 4, 0.5)
+    positions, _ = model.ranked(dense_scores(signals, bought), weights, 4, 0.5)
     np.testing.assert_array_equal(positions, [[1, 2, 4, 3], [0, 1, 5, 4]])
+    # With fewer products of the user's own signals than slots, the blend's next best fill them.
+    few = dense_scores({"trend": trend, "covisit": np.array([[0.0, 0.0, 0.0, 0.0, 0.0, 1.0]] * 2)},
+                       sparse.csr_matrix((2, 6)))
+    positions, _ = model.ranked(few, weights, 4, 0.5)
+    np.testing.assert_array_equal(positions, [[0, 1, 5, 2]] * 2)
 
 
 def test_tune_neighbours_returns_the_customers_of_the_chosen_settings(spark):
@@ -183,5 +196,78 @@ def test_tune_neighbours_returns_the_customers_of_the_chosen_settings(spark):
     fresh = model.customer_profiles(split.train, index, tuned)
     np.testing.assert_allclose(customers.recent.toarray(), fresh.recent.toarray())
     # Each user's twin is their nearest customer: the signal finds every window purchase.
-    scores = model.neighbour_scores(customers, evaluation.users, len(index)).toarray()
-    assert model.ndcg(scores, evaluation.excluded, evaluation.relevant, 3) == pytest.approx(1.0)
+    scores = model.neighbour_scores(customers, evaluation.users, len(index))
+    top = model.top_k(scores, evaluation.excluded, 3)[0]
+    assert model.ndcg(top, evaluation.relevant) == pytest.approx(1.0)
+
+
+def random_shop(seed: int, products: int = 80, users: int = 40, clusters: int = 5):
+    """A model with random item-item edges, clusters, trend and similar customers, and
+    histories of `users` (some heavy, some who bought most of a cluster)."""
+    rng = np.random.default_rng(seed)
+    index = model.ItemIndex(np.array([f"p{i:03d}" for i in range(products)]))
+
+    def edges(density: float) -> sparse.csr_matrix:
+        matrix = sparse.random(products, products, density=density, random_state=rng, dtype=np.float64)
+        matrix.setdiag(0)
+        return model.top_per_row(matrix, 8)
+
+    trend = rng.random(products)
+    rows = []
+    for u in range(users):
+        # Every tenth user bought the 15 most popular products: their best are further down.
+        heavy = u % 10 == 0
+        chosen = np.argsort(-trend)[:15] if heavy else rng.choice(products, size=int(rng.integers(1, 6)), replace=False)
+        for rank, p in enumerate(chosen, 1):
+            bought = heavy or bool(rng.random() < 0.6)
+            rows.append((f"u{u}", index.ids[p], float(rng.random() + 0.1), bought, "view", rank))
+    history = pd.DataFrame(rows, columns=["user_id", "product_id", "weight", "purchased", "strongest_event", "recency"])
+    cluster_of = rng.integers(0, clusters, products)
+    cluster_of[np.argsort(-trend)[15:18]] = -1  # popular products without a cluster: only trend reaches them
+    fitted = model.Model(
+        index=index, edges={name: edges(0.05) for name in model.EDGE_SIGNALS}, cluster_of=cluster_of,
+        trend=rng.random(products), weights={},
+        customers=model.customers_from_pairs(history[["user_id", "product_id", "weight"]], index, 3),
+    )
+    return fitted, history, sorted(history["user_id"].unique())
+
+
+def dense_top_k(fitted: model.Model, history: pd.DataFrame, users: list[str], weights: dict, k: int):
+    """The blend over the whole catalog, as a users x products array (the reference)."""
+    def normalised(array):
+        top = array.max(axis=1, keepdims=True)
+        return np.divide(array, top, out=np.zeros_like(array), where=top > 0)
+
+    weighted = model.history_matrix(history, users, fitted.index)
+    shares = sparse.diags(1.0 / np.asarray(weighted.sum(axis=1)).ravel()) @ weighted
+    recent = model.history_matrix(history[history["recency"] <= fitted.recent_items_for_next], users, fitted.index)
+    signals = {name: normalised((shares @ fitted.edges[name]).toarray()) for name in ("covisit", "ease", "content")}
+    signals["next"] = normalised((recent @ fitted.edges["next"]).toarray())
+    signals["neighbours"] = normalised(model.neighbour_scores(fitted.customers, users, len(fitted.index)).toarray())
+    membership = np.zeros((len(fitted.index), fitted.cluster_of.max() + 1))
+    clustered = fitted.cluster_of >= 0
+    membership[np.flatnonzero(clustered), fitted.cluster_of[clustered]] = 1
+    interest = shares @ membership
+    signals["cluster"] = normalised(interest[:, np.maximum(fitted.cluster_of, 0)] * clustered * fitted.trend)
+    signals["trend"] = np.tile(fitted.trend, (len(users), 1))
+    blended = sum(weight * signals[name] for name, weight in weights.items())
+    bought = model.history_matrix(history[history["purchased"]].assign(one=1.0), users, fitted.index, "one")
+    return model.top_k_dense(blended, bought, k)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("weights", [
+    dict.fromkeys(model.SIGNALS, 1.0),
+    {"trend": 1.0, "cluster": 0.5},  # only the two signals that rank every product
+    {"covisit": 0.25, "neighbours": 2.0, "cluster": 4.0, "trend": 0.1, "next": 0.5},
+])
+def test_the_blend_over_candidates_equals_the_blend_over_the_whole_catalog(seed, weights):
+    fitted, history, users = random_shop(seed)
+    k = 10
+    scores = model.signal_scores(fitted, history, users, k)
+    # Far fewer entries than users x catalog, yet the same top k.
+    assert scores.candidates.nnz < 0.8 * len(users) * len(fitted.index)
+    positions, best = model.ranked(scores, {**dict.fromkeys(model.SIGNALS, 0.0), **weights}, k, 0.0)
+    expected_positions, expected_best = dense_top_k(fitted, history, users, weights, k)
+    np.testing.assert_allclose(best, expected_best, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(positions, expected_positions)
