@@ -180,9 +180,10 @@ def main(argv: list[str] | None = None) -> int:
 
     home, data_root = root / "airflow", root / "data"
     home.mkdir(parents=True)
-    # Parquet only, no paid embeddings: the figure is the pipeline's own.
+    # Parquet only, no paid embeddings: the figure is the pipeline's own. The shop is an
+    # input the operator allows (RECS_INPUT_ROOTS), as a run's conf may not widen the roots.
     env = local_run.airflow_env(home, {"RECS_DATA_ROOT": str(data_root), "RECS_DATABASE_URL": "",
-                                       "OPENAI_API_KEY": ""})
+                                       "OPENAI_API_KEY": "", "RECS_INPUT_ROOTS": str(root / "input")})
     local_run.migrate(env)
     conf = {"input_path": str(root / "input"), "input_format": "contract", "embedding_backend": "hashing",
             **json.loads(args.conf)}
