@@ -318,11 +318,9 @@ def history_matrix(history: pd.DataFrame, users: list[str], index: ItemIndex, va
     )
 
 
-def neighbour_scores(customers: Customers | None, users: list[str], products: int) -> sparse.csr_matrix:
-    """users x products: the recent purchases of each user's most similar customers,
-    each weighted by its cosine similarity to the user (the user left out)."""
-    if customers is None:
-        return sparse.csr_matrix((len(users), products))
+def nearest_customers(customers: Customers, users: list[str], neighbours: int) -> sparse.csr_matrix:
+    """users x customers: each user's `neighbours` most similar customers (cosine of their
+    product sets), the user left out; a row of zeros for a user who is not a customer."""
     rows = customers.index.positions(users)
     known = np.flatnonzero(rows >= 0)
     parts = []
@@ -332,12 +330,23 @@ def neighbour_scores(customers: Customers | None, users: list[str], products: in
         block = rows[known[start:start + SIMILARITY_BLOCK]]
         similarity = (customers.profiles[block] @ customers.profiles.T).tocoo()
         similarity.data[block[similarity.row] == similarity.col] = 0  # a user is not their own neighbour
-        parts.append(top_per_row(similarity, customers.neighbours, drop_diagonal=False) @ customers.recent)
+        parts.append(top_per_row(similarity, neighbours, drop_diagonal=False))
     placed = sparse.csr_matrix(
         (np.ones(len(known)), (known, np.arange(len(known)))), shape=(len(users), len(known))
     )
-    scores = sparse.vstack(parts).tocsr() if parts else sparse.csr_matrix((0, products))
-    return (placed @ scores).tocsr()
+    nearest = sparse.vstack(parts).tocsr() if parts else sparse.csr_matrix((0, len(customers.index)))
+    return (placed @ nearest).tocsr()
+
+
+def neighbour_scores(customers: Customers | None, users: list[str], products: int,
+                     nearest: sparse.csr_matrix | None = None) -> sparse.csr_matrix:
+    """users x products: the recent purchases of each user's most similar customers,
+    each weighted by its cosine similarity to the user (`nearest`, when already known)."""
+    if customers is None:
+        return sparse.csr_matrix((len(users), products))
+    if nearest is None:
+        nearest = nearest_customers(customers, users, customers.neighbours)
+    return (nearest @ customers.recent).tocsr()
 
 
 # A user is scored on candidates only, never on the whole catalog: the products an

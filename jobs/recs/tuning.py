@@ -45,17 +45,29 @@ def tune_neighbours(
     events: DataFrame, index: ItemIndex, evaluation: EvalSet, config: RecsConfig
 ) -> tuple[RecsConfig, Customers]:
     """`config` with the half-life and the number of similar customers whose
-    "neighbours" signal alone ranks best on `evaluation`, and those customers."""
-    results = {}
-    for half_life in sorted({config.neighbour_half_life_days, *NEIGHBOUR_HALF_LIVES}):
-        profiles = recommender.customer_profiles(
+    "neighbours" signal alone ranks best on `evaluation`, and those customers.
+
+    Who is similar to whom does not depend on the half-life (it only weighs what they
+    bought): the similarities are computed once, for the largest number of customers,
+    and each smaller number keeps its nearest of those."""
+    half_lives = sorted({config.neighbour_half_life_days, *NEIGHBOUR_HALF_LIVES})
+    sizes = sorted({config.neighbour_users, *NEIGHBOUR_USERS})
+    profiles = {
+        half_life: recommender.customer_profiles(
             events, index, dataclasses.replace(config, neighbour_half_life_days=half_life))
-        for users in sorted({config.neighbour_users, *NEIGHBOUR_USERS}):
-            customers = dataclasses.replace(profiles, neighbours=users)
-            scores = recommender.neighbour_scores(customers, evaluation.users, len(index))
+        for half_life in half_lives
+    }
+    # (The longest half-life's profiles: the least likely to lose a very old purchase to underflow.)
+    nearest_of_all = recommender.nearest_customers(profiles[half_lives[-1]], evaluation.users, sizes[-1])
+    results = {}
+    for users in sizes:
+        nearest = recommender.top_per_row(nearest_of_all, users, drop_diagonal=False)
+        for half_life in half_lives:
+            customers = dataclasses.replace(profiles[half_life], neighbours=users)
+            scores = recommender.neighbour_scores(customers, evaluation.users, len(index), nearest)
             top = recommender.top_k(scores, evaluation.excluded, config.eval_k)[0]
             results[half_life, users] = (recommender.ndcg(top, evaluation.relevant), customers)
-    half_life, users = max(results, key=lambda key: results[key][0])
+    half_life, users = max(results, key=lambda key: (results[key][0], -key[0], -key[1]))
     tuned = dataclasses.replace(config, neighbour_half_life_days=half_life, neighbour_users=users)
     return tuned, results[half_life, users][1]
 
