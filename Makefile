@@ -53,7 +53,7 @@ browser:
 TEST_WORKERS ?= 2
 test: setup browser
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -rs -p no:cacheprovider --durations=15 -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -rs -p no:cacheprovider --durations=15 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 unit: setup
 	$(BIN)/python -m pytest -q -rs -p no:cacheprovider -m "not e2e"

@@ -17,15 +17,10 @@ import pytest
 # finds it for spark-submit).
 JDBC_JAR = "/usr/share/java/postgresql.jar"
 
-# Every JVM the tests start (the shared session, each step's spark-submit) lives for
-# seconds of small jobs: with the C1 compiler only and the serial collector it starts
-# faster and burns less CPU than with full JIT tiering and G1 (a fifth off the suite's wall
-# time on 2 cores). Only the tests' JVMs: the pipeline's own runs are untouched.
-os.environ.setdefault("SPARK_SUBMIT_OPTS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
-
 # The two whole-DAG runs take about ten minutes each: they start first, one per pytest
-# worker (`--dist loadfile` hands out files in this order), and the other files fill in
-# around them instead of leaving one worker alone at the end.
+# worker (`make test` hands out files in this order: `--dist loadfile --no-loadscope-reorder`;
+# xdist would otherwise put the files with the most tests first, and these two last), and
+# the other files fill in around them instead of leaving one worker alone at the end.
 LONGEST_FIRST = ("tests/e2e/test_online_retail.py", "tests/e2e/test_standalone_cluster.py")
 
 
