@@ -379,24 +379,18 @@ class Scores:
         return self.candidates.indices
 
 
-def entries_at(matrix: sparse.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Index into `matrix.data` of each (row, col), -1 where the matrix holds no entry."""
-    matrix = matrix.tocsr()
+def values_at(matrix: sparse.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """The matrix's value at each (row, col), 0 where it holds no entry (a binary search
+    over row-major keys: no dense row is ever built)."""
+    matrix = sparse.csr_matrix(matrix)
     matrix.sort_indices()
     width = np.int64(matrix.shape[1])
     keys = np.repeat(np.arange(matrix.shape[0], dtype=np.int64), np.diff(matrix.indptr)) * width + matrix.indices
     wanted = rows.astype(np.int64) * width + cols
     if len(keys) == 0:
-        return np.full(len(wanted), -1, dtype=np.int64)
+        return np.zeros(len(wanted))
     found = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
-    return np.where(keys[found] == wanted, found, -1)
-
-
-def values_at(matrix: sparse.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    matrix = matrix.tocsr()
-    matrix.sort_indices()
-    found = entries_at(matrix, rows, cols)
-    return np.where(found >= 0, matrix.data[np.maximum(found, 0)] if len(matrix.data) else 0.0, 0.0)
+    return np.where(keys[found] == wanted, matrix.data[found], 0.0)
 
 
 def leading(order: np.ndarray, starts: np.ndarray, lengths: np.ndarray, rows: np.ndarray):
