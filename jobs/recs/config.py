@@ -121,7 +121,7 @@ class RecsConfig:
     # Users whose history is longer only contribute their most recent products to
     # co-occurrence counts: keeps the self-join linear in practice (wholesalers).
     max_history_for_pairs: int = field(default=100, metadata={"env": "RECS_MAX_HISTORY_PAIRS"})
-    # Blend weights of the signals (see recs/model.py); tuned on validation when
+    # Blend weights of the signals (see recs/scoring.py); tuned on validation when
     # tune_weights is on, these are the starting point.
     weight_covisit: float = field(default=1.0, metadata={"env": "RECS_WEIGHT_COVISIT"})
     weight_ease: float = field(default=1.0, metadata={"env": "RECS_WEIGHT_EASE"})

@@ -19,13 +19,13 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from scipy import sparse
 
-from recs import io
+from recs import io, scoring
 from recs import model as recommender
 from recs.config import RecsConfig
 from recs.io import RunPaths, write_table
 from recs.metrics import best_baseline, metrics_at_k
-from recs.model import ItemIndex
 from recs.ordering import fixed_order
+from recs.scoring import ItemIndex
 from recs.splits import EvalSet, binary_history, eval_set, make_split, protocol_for
 from recs.tuning import tune, tune_time_settings
 
@@ -42,16 +42,16 @@ DENSE_BLOCK_CELLS = 20_000_000  # users x products scored at once by ALS (80 MB 
 # --- Baselines ------------------------------------------------------------------------
 
 
-def cosine_scores(counts: recommender.Counts, history: sparse.csr_matrix) -> sparse.csr_matrix:
+def cosine_scores(counts: scoring.Counts, history: sparse.csr_matrix) -> sparse.csr_matrix:
     """Item-kNN: sum of cosine similarities to the user's products, each product's
     `neighbours_per_product` nearest (what Spark keeps)."""
     return (history @ counts.covisit).tocsr()
 
 
 def ease_scores(
-    counts: recommender.Counts, history: sparse.csr_matrix, regularisation: float, max_items: int
+    counts: scoring.Counts, history: sparse.csr_matrix, regularisation: float, max_items: int
 ) -> sparse.csr_matrix:
-    weights = recommender.ease_from_counts(counts.ease, regularisation, max_items)
+    weights = scoring.ease_from_counts(counts.ease, regularisation, max_items)
     return (history @ weights).tocsr()
 
 
@@ -82,7 +82,7 @@ def als_top(train: DataFrame, index: ItemIndex, users: list[str], excluded: spar
     factors = np.stack([np.asarray(user_factors.get(u, np.zeros(ALS_RANK)), dtype=np.float32) for u in users])
     block = max(1, DENSE_BLOCK_CELLS // max(len(index), 1))
     return np.vstack([
-        recommender.top_k_dense(factors[start:start + block] @ item_factors.T, excluded[start:start + block], k)[0]
+        scoring.top_k_dense(factors[start:start + block] @ item_factors.T, excluded[start:start + block], k)[0]
         for start in range(0, len(users), block)
     ]) if users else np.zeros((0, k), dtype=np.int64)
 
@@ -135,7 +135,7 @@ def evaluate_methods(
     log.info("%s: %d test users, %d validation users", protocol, len(test.users), len(validation.users))
     train_counts = recommender.count_pairs(split.train, index, config)
     inner_counts = recommender.count_pairs(inner.train, index, config)
-    cluster_of = recommender.cluster_positions(index, clusters)
+    cluster_of = scoring.cluster_positions(index, clusters)
     tops: dict[str, np.ndarray] = {}
     # Too short a history for a validation window: every method keeps its defaults.
     can_tune = len(validation.users) > 0
@@ -145,7 +145,7 @@ def evaluate_methods(
     def best_on_validation(candidates: dict, validation_top) -> object:
         if not can_tune:
             return next(iter(candidates))
-        return max(candidates, key=lambda c: recommender.ndcg(validation_top(c), validation.relevant))
+        return max(candidates, key=lambda c: scoring.ndcg(validation_top(c), validation.relevant))
 
     # Ours: the same procedure as the recommend step, on the train part only.
     settings = tune_time_settings(inner.train, index, validation, config)
@@ -155,37 +155,37 @@ def evaluate_methods(
                                              customers=validation_customers)
     test_model = recommender.fit_model(split.train, index, content, clusters, ours,
                                        trend_half_life_days=half_life, counts=train_counts)
-    validation_scores = recommender.signal_scores(validation_model, validation.history, validation.users, k)
-    test_scores = recommender.signal_scores(test_model, test.history, test.users, k)
+    validation_scores = scoring.signal_scores(validation_model, validation.history, validation.users, k)
+    test_scores = scoring.signal_scores(test_model, test.history, test.users, k)
     start = recommender.default_weights(config)
     tuned = {}
-    for name, fixed in (("published", {}), ("without_text", dict.fromkeys(recommender.TEXT_SIGNALS, 0.0))):
+    for name, fixed in (("published", {}), ("without_text", dict.fromkeys(scoring.TEXT_SIGNALS, 0.0))):
         weights = tune(validation_scores, validation, start, k, fixed)[0]
         tuned[name] = weights
-        tops[name] = recommender.ranked(test_scores, weights, k, config.discovery_share)[0]
+        tops[name] = scoring.ranked(test_scores, weights, k, config.discovery_share)[0]
     # Without time: no recency decay in histories, no "bought next", no similar customers' recent buys, no trending.
     flat = 1e9
     flat_validation = eval_set(inner, index, config, half_life_days=flat)
     flat_test = eval_set(split, index, config, half_life_days=flat)
-    flat_validation_scores = recommender.signal_scores(validation_model, flat_validation.history, validation.users,
+    flat_validation_scores = scoring.signal_scores(validation_model, flat_validation.history, validation.users,
                                                        k)
-    flat_test_scores = recommender.signal_scores(test_model, flat_test.history, test.users, k)
-    weights = tune(flat_validation_scores, validation, start, k, dict.fromkeys(recommender.TIME_SIGNALS, 0.0))[0]
+    flat_test_scores = scoring.signal_scores(test_model, flat_test.history, test.users, k)
+    weights = tune(flat_validation_scores, validation, start, k, dict.fromkeys(scoring.TIME_SIGNALS, 0.0))[0]
     tuned["without_time"] = weights
-    tops["without_time"] = recommender.ranked(flat_test_scores, weights, k, config.discovery_share)[0]
+    tops["without_time"] = scoring.ranked(flat_test_scores, weights, k, config.discovery_share)[0]
 
     # Baselines, each tuned on validation the same way.
-    tops["most_popular"] = recommender.top_k_popular(test.buyers, test.excluded, k)
+    tops["most_popular"] = scoring.top_k_popular(test.buyers, test.excluded, k)
     trending = recommender.trend_vector(split.train, index, half_life, config)
-    tops["trending"] = recommender.top_k_popular(trending, test.excluded, k)
-    tops["item_knn"] = recommender.top_k(cosine_scores(train_counts, binary_history(test, index)), test.excluded, k)[0]
+    tops["trending"] = scoring.top_k_popular(trending, test.excluded, k)
+    tops["item_knn"] = scoring.top_k(cosine_scores(train_counts, binary_history(test, index)), test.excluded, k)[0]
     validation_history = binary_history(validation, index)
     ease_lambda = best_on_validation(
         {config.ease_lambda: None, **dict.fromkeys(EASE_LAMBDAS)},
-        lambda lam: recommender.top_k(ease_scores(inner_counts, validation_history, lam, config.ease_max_items),
+        lambda lam: scoring.top_k(ease_scores(inner_counts, validation_history, lam, config.ease_max_items),
                                       validation.excluded, k)[0],
     )
-    tops["ease"] = recommender.top_k(
+    tops["ease"] = scoring.top_k(
         ease_scores(train_counts, binary_history(test, index), ease_lambda, config.ease_max_items),
         test.excluded, k)[0]
     als_index = best_on_validation(
@@ -197,8 +197,8 @@ def evaluate_methods(
                           config.als_blocks)
     # Cluster-only: plain (undecayed) popularity inside the user's favourite clusters.
     popular_model = dataclasses.replace(test_model, trend=test.buyers / max(test.buyers.max(), 1))
-    cluster_only = recommender.signal_scores(popular_model, test.history, test.users, k)
-    tops["cluster_only"] = recommender.ranked(cluster_only, {"cluster": 1.0}, k, 0.0)[0]
+    cluster_only = scoring.signal_scores(popular_model, test.history, test.users, k)
+    tops["cluster_only"] = scoring.ranked(cluster_only, {"cluster": 1.0}, k, 0.0)[0]
 
     rows = [row for method, top in tops.items() for row in metric_rows(method, top, test, cluster_of)]
     tuning = {

@@ -2,7 +2,7 @@
 
 Similar products are the nearest text embeddings, computed by multiplying blocks of
 the catalog against the broadcast catalog matrix (never an all-pairs cross join of
-rows). User recommendations come from the blended recommender of `recs/model.py`,
+rows). User recommendations come from the blended recommender of `recs/scoring.py`,
 its weights tuned on a validation split of the data (`recs/tuning.py`); every
 user's block of the catalog is scored in a Spark task against the broadcast model.
 Products a user already bought are never recommended.
@@ -22,15 +22,8 @@ from recs import io
 from recs.config import RecsConfig
 from recs.embeddings.base import normalise_rows
 from recs.io import RunPaths, write_table
-from recs.model import (
-    SIMILAR_CUSTOMERS,
-    Model,
-    catalog_index,
-    recommend_block,
-    scoring_history,
-    top_per_product,
-    user_item_weights,
-)
+from recs.model import catalog_index, scoring_history, top_per_product, user_item_weights
+from recs.scoring import SIMILAR_CUSTOMERS, Model, recommend_block
 from recs.splits import protocol_for
 from recs.tuning import tuned_model
 

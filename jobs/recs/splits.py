@@ -19,11 +19,11 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from scipy import sparse
 
-from recs import io
+from recs import io, scoring
 from recs import model as recommender
 from recs.config import RecsConfig
 from recs.io import RunPaths
-from recs.model import ItemIndex
+from recs.scoring import ItemIndex
 
 TIME_SPLIT, LEAVE_LAST_OUT = "time_split", "leave_last_out"
 
@@ -114,12 +114,12 @@ def eval_set(split: Split, index: ItemIndex, config: RecsConfig, half_life_days:
     buyer_counts = np.zeros(len(index))
     positions = index.positions(buyers["product_id"])
     buyer_counts[positions[positions >= 0]] = buyers["buyers"].to_numpy()[positions >= 0]
-    excluded = recommender.history_matrix(bought, users, index, "one")
+    excluded = scoring.history_matrix(bought, users, index, "one")
     return EvalSet(
         users=users,
         history=history,
         excluded=excluded,
-        relevant=recommender.history_matrix(relevant.assign(one=1.0), users, index, "one"),
+        relevant=scoring.history_matrix(relevant.assign(one=1.0), users, index, "one"),
         buyers=buyer_counts,
         train_users=split.train.select("user_id").distinct().count(),
         purchases_per_user=np.asarray(excluded.sum(axis=1)).ravel(),
@@ -128,7 +128,7 @@ def eval_set(split: Split, index: ItemIndex, config: RecsConfig, half_life_days:
 
 
 def binary_history(evaluation: EvalSet, index: ItemIndex) -> sparse.csr_matrix:
-    return recommender.history_matrix(evaluation.history.assign(one=1.0), evaluation.users, index, "one")
+    return scoring.history_matrix(evaluation.history.assign(one=1.0), evaluation.users, index, "one")
 
 
 def protocol_for(spark: SparkSession, paths: RunPaths) -> str:

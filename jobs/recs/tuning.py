@@ -18,8 +18,9 @@ import pandas as pd
 from pyspark.sql import DataFrame
 
 from recs import model as recommender
+from recs import scoring
 from recs.config import RecsConfig
-from recs.model import Customers, ItemIndex, Model, Scores
+from recs.scoring import Customers, ItemIndex, Model, Scores
 from recs.splits import EvalSet, eval_set, make_split
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ def tune_trend_half_life(
     """The half-life whose trending list ranks best on `evaluation` (the trending baseline)."""
     trends = recommender.trend_vectors(events, index, TREND_HALF_LIVES, config)
     scores = {
-        h: recommender.ndcg(recommender.top_k_popular(t, evaluation.excluded, config.eval_k), evaluation.relevant)
+        h: scoring.ndcg(scoring.top_k_popular(t, evaluation.excluded, config.eval_k), evaluation.relevant)
         for h, t in trends.items()
     }
     return max(scores, key=scores.get), trends
@@ -58,15 +59,15 @@ def tune_neighbours(
         for half_life in half_lives
     }
     # (The longest half-life's profiles: the least likely to lose a very old purchase to underflow.)
-    nearest_of_all = recommender.nearest_customers(profiles[half_lives[-1]], evaluation.users, sizes[-1])
+    nearest_of_all = scoring.nearest_customers(profiles[half_lives[-1]], evaluation.users, sizes[-1])
     results = {}
     for users in sizes:
-        nearest = recommender.top_per_row(nearest_of_all, users, drop_diagonal=False)
+        nearest = scoring.top_per_row(nearest_of_all, users, drop_diagonal=False)
         for half_life in half_lives:
             customers = dataclasses.replace(profiles[half_life], neighbours=users)
-            scores = recommender.neighbour_scores(customers, evaluation.users, len(index), nearest)
-            top = recommender.top_k(scores, evaluation.excluded, config.eval_k)[0]
-            results[half_life, users] = (recommender.ndcg(top, evaluation.relevant), customers)
+            scores = scoring.neighbour_scores(customers, evaluation.users, len(index), nearest)
+            top = scoring.top_k(scores, evaluation.excluded, config.eval_k)[0]
+            results[half_life, users] = (scoring.ndcg(top, evaluation.relevant), customers)
     half_life, users = max(results, key=lambda key: (results[key][0], -key[0], -key[1]))
     tuned = dataclasses.replace(config, neighbour_half_life_days=half_life, neighbour_users=users)
     return tuned, results[half_life, users][1]
@@ -101,7 +102,7 @@ def tune(
     (weights, NDCG@k). Without validation users: `start` with `fixed`, and no NDCG."""
     if not validation.users:
         return {**start, **(fixed or {})}, None
-    return recommender.tune_weights(scores, validation.relevant, k, start, fixed)
+    return scoring.tune_weights(scores, validation.relevant, k, start, fixed)
 
 
 def tuned_model(
@@ -123,7 +124,7 @@ def tuned_model(
         validation.train, index, content, clusters, config, trend_half_life_days=half_life,
         customers=settings.customers,
     )
-    scores = recommender.signal_scores(validation_model, validation_set.history, validation_set.users,
+    scores = scoring.signal_scores(validation_model, validation_set.history, validation_set.users,
                                        config.eval_k)
     weights, validation_ndcg = tune(scores, validation_set, recommender.default_weights(config), config.eval_k)
     log.info("tuned on %d validation users: weights %s, trend half-life %s days, %d similar customers with a "

@@ -2,38 +2,51 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import sparse
 
-from recs import model, tuning
+from recs import model, scoring, tuning
 from recs.config import RecsConfig
 from recs.splits import eval_set, time_split
 
 
+def test_scoring_imports_without_pyspark():
+    """Executors score with numpy alone: recs.scoring must not pull in pyspark (nor recs.model)."""
+    jobs = Path(__file__).resolve().parents[2] / "jobs"
+    code = ("import sys; sys.modules['pyspark'] = None; import recs.scoring, recs.metrics; "
+            "print(sorted(m for m in sys.modules if m.startswith('recs')))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=jobs, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "recs.model" not in done.stdout
+
+
 def test_top_per_row_keeps_the_largest_positive_off_diagonal_entries():
     matrix = np.array([[9, 1, 3, 2], [4, 9, -5, 1], [0, 0, 9, 0], [1, 2, 3, 9]], dtype=float)
-    kept = model.top_per_row(matrix, 2).toarray()
+    kept = scoring.top_per_row(matrix, 2).toarray()
     np.testing.assert_array_equal(kept, [[0, 0, 3, 2], [4, 0, 0, 1], [0, 0, 0, 0], [0, 2, 3, 0]])
 
 
 def test_ease_matches_the_closed_form():
     gram = np.array([[3.0, 2.0, 0.0], [2.0, 4.0, 1.0], [0.0, 1.0, 2.0]])
-    weights = model.ease_from_counts(sparse.csr_matrix(gram), 1.0, 10).toarray()
+    weights = scoring.ease_from_counts(sparse.csr_matrix(gram), 1.0, 10).toarray()
     inverse = np.linalg.inv(gram + np.eye(3))
     expected = -inverse / np.diag(inverse)
     np.fill_diagonal(expected, 0)
     np.testing.assert_allclose(weights, expected, atol=1e-6)
 
 
-def tiny_model(weights: dict[str, float]) -> model.Model:
-    index = model.ItemIndex(np.array(["a", "b", "c", "d"]))
+def tiny_model(weights: dict[str, float]) -> scoring.Model:
+    index = scoring.ItemIndex(np.array(["a", "b", "c", "d"]))
     covisit = sparse.csr_matrix(np.array([[0, 1.0, 0.5, 0], [1.0, 0, 0, 0], [0.5, 0, 0, 0], [0, 0, 0, 0]]))
     empty = sparse.csr_matrix((4, 4))
-    return model.Model(
+    return scoring.Model(
         index=index, edges={"covisit": covisit, "ease": empty, "next": empty, "content": empty},
         cluster_of=np.array([0, 0, 1, 1]), trend=np.array([1.0, 0.2, 0.1, 0.5]), weights=weights,
     )
@@ -45,7 +58,7 @@ def test_recommend_block_never_returns_bought_products_and_explains_personal_one
         "strongest_event": ["purchase", "view"], "recency": [1, 1],
     })
     weights = {"covisit": 1.0, "ease": 0.0, "next": 0.0, "content": 0.0, "cluster": 0.0, "trend": 0.1}
-    result = model.recommend_block(tiny_model(weights), history, k=3)
+    result = scoring.recommend_block(tiny_model(weights), history, k=3)
     u1 = result[result["user_id"] == "u1"]
     assert "a" not in set(u1["product_id"])  # bought
     assert list(u1["product_id"]) == ["b", "c", "d"]  # covisit 1.0, 0.5, then trend only
@@ -56,12 +69,12 @@ def test_recommend_block_never_returns_bought_products_and_explains_personal_one
     assert len(u2) == 3
 
 
-def dense_scores(signals: dict[str, np.ndarray], excluded: sparse.csr_matrix) -> model.Scores:
+def dense_scores(signals: dict[str, np.ndarray], excluded: sparse.csr_matrix) -> scoring.Scores:
     """`Scores` with every product a candidate, from users x products arrays."""
     users, products = next(iter(signals.values())).shape
     candidates = sparse.csr_matrix(np.ones((users, products), dtype=np.int8))
     values = {name: np.asarray(array, dtype=np.float32).ravel() for name, array in signals.items()}
-    return model.Scores(candidates, values, excluded.toarray().ravel() > 0)
+    return scoring.Scores(candidates, values, excluded.toarray().ravel() > 0)
 
 
 def test_tune_weights_finds_the_informative_signal():
@@ -69,10 +82,10 @@ def test_tune_weights_finds_the_informative_signal():
     relevant = sparse.csr_matrix((np.ones(50), (np.arange(50), rng.integers(0, 30, 50))), shape=(50, 30))
     signal = relevant.toarray() + 0.01 * rng.random((50, 30))
     noise = rng.random((50, 30))
-    signals = {name: noise.copy() for name in model.SIGNALS}
+    signals = {name: noise.copy() for name in scoring.SIGNALS}
     signals["ease"] = signal
-    start = dict.fromkeys(model.SIGNALS, 1.0)
-    weights, best = model.tune_weights(dense_scores(signals, sparse.csr_matrix((50, 30))), relevant, 5, start)
+    start = dict.fromkeys(scoring.SIGNALS, 1.0)
+    weights, best = scoring.tune_weights(dense_scores(signals, sparse.csr_matrix((50, 30))), relevant, 5, start)
     assert best == pytest.approx(1.0)
     assert weights["ease"] > 0
 
@@ -96,7 +109,7 @@ def test_no_leakage_from_the_test_window(spark):
     assert split.train.where("product_id = 'X'").count() == 0
     assert set(split.relevant["product_id"]) == {"X", "p7"}
 
-    index = model.ItemIndex(np.array(["X", "p1", "p2", "p3", "p4", "p5", "p6", "p7"]))
+    index = scoring.ItemIndex(np.array(["X", "p1", "p2", "p3", "p4", "p5", "p6", "p7"]))
     content = pd.DataFrame({"product_id": ["p1"], "neighbour_id": ["X"], "score": [0.9]})
     clusters = pd.DataFrame({"product_id": index.ids, "cluster": [0, 0, 0, 0, 1, 1, 1, 1]})
     fitted = model.fit_model(split.train, index, content, clusters, config)
@@ -108,24 +121,24 @@ def test_no_leakage_from_the_test_window(spark):
     test = eval_set(split, index, config)
     assert test.buyers[x] == 0
     # Only text (known before the cutoff) may point at X; behaviour and popularity may not.
-    scores = model.signal_scores(fitted, test.history, test.users, config.eval_k)
+    scores = scoring.signal_scores(fitted, test.history, test.users, config.eval_k)
     for name in ("covisit", "ease", "next", "neighbours", "trend"):
         assert not scores[name][scores.positions == x].any(), name
     assert fitted.customers.recent[:, x].nnz == 0
 
 
-def hand_customers(neighbours: int) -> model.Customers:
+def hand_customers(neighbours: int) -> scoring.Customers:
     recent = pd.DataFrame(
         [("u1", "a", 1.0), ("u1", "b", 1.0), ("u2", "a", 1.0), ("u2", "b", 1.0), ("u2", "c", 2.0), ("u3", "d", 1.0)],
         columns=["user_id", "product_id", "weight"],
     )
-    return model.customers_from_pairs(recent, model.ItemIndex(np.array(["a", "b", "c", "d"])), neighbours)
+    return scoring.customers_from_pairs(recent, scoring.ItemIndex(np.array(["a", "b", "c", "d"])), neighbours)
 
 
 def test_neighbour_scores_by_hand():
     # u1 {a, b} and u2 {a, b, c}: cosine 2 / sqrt(2 * 3); u3 {d} shares nothing.
     similarity = 2 / np.sqrt(6)
-    scores = model.neighbour_scores(hand_customers(neighbours=1), ["u1", "u2", "u3", "new"], 4).toarray()
+    scores = scoring.neighbour_scores(hand_customers(neighbours=1), ["u1", "u2", "u3", "new"], 4).toarray()
     np.testing.assert_allclose(scores[0], similarity * np.array([1.0, 1.0, 2.0, 0.0]))  # u2's, never u1's own
     np.testing.assert_allclose(scores[1], similarity * np.array([1.0, 1.0, 0.0, 0.0]))
     np.testing.assert_array_equal(scores[2:], 0)  # no similar customer; unknown user
@@ -137,17 +150,17 @@ def test_neighbour_scores_keep_only_the_nearest_customers():
          ("far", "a", 1.0), ("far", "d", 1.0), ("far", "e", 1.0), ("far", "f", 1.0)],
         columns=["user_id", "product_id", "weight"],
     )
-    index = model.ItemIndex(np.array(list("abcdef")))
-    one = model.neighbour_scores(model.customers_from_pairs(recent, index, 1), ["me"], 6).toarray()[0]
-    two = model.neighbour_scores(model.customers_from_pairs(recent, index, 2), ["me"], 6).toarray()[0]
+    index = scoring.ItemIndex(np.array(list("abcdef")))
+    one = scoring.neighbour_scores(scoring.customers_from_pairs(recent, index, 1), ["me"], 6).toarray()[0]
+    two = scoring.neighbour_scores(scoring.customers_from_pairs(recent, index, 2), ["me"], 6).toarray()[0]
     assert one[2] > 0 and not one[3:].any()  # only "close" counts
     assert two[3:].all()  # "far" too
 
 
 def test_discovery_slots():
-    assert [model.discovery_slots(k, 0.3) for k in (1, 2, 5, 10, 20)] == [0, 1, 2, 3, 6]
-    assert model.discovery_slots(10, 0.0) == 0
-    assert model.discovery_slots(3, 0.9) == 2  # the blend always keeps the first place
+    assert [scoring.discovery_slots(k, 0.3) for k in (1, 2, 5, 10, 20)] == [0, 1, 2, 3, 6]
+    assert scoring.discovery_slots(10, 0.0) == 0
+    assert scoring.discovery_slots(3, 0.9) == 2  # the blend always keeps the first place
 
 
 def test_ranked_gives_the_last_slots_to_the_users_own_signals():
@@ -157,19 +170,19 @@ def test_ranked_gives_the_last_slots_to_the_users_own_signals():
     signals = {"trend": trend, "covisit": covisit}
     weights = {"trend": 1.0, "covisit": 0.1}
     nothing = dense_scores(signals, sparse.csr_matrix((2, 6)))
-    plain, _ = model.ranked(nothing, weights, 4, 0.0)
+    plain, _ = scoring.ranked(nothing, weights, 4, 0.0)
     np.testing.assert_array_equal(plain, [[0, 1, 2, 3]] * 2)
-    positions, blended = model.ranked(nothing, weights, 4, 0.5)
+    positions, blended = scoring.ranked(nothing, weights, 4, 0.5)
     np.testing.assert_array_equal(positions, [[0, 1, 5, 4]] * 2)
     np.testing.assert_allclose(blended[0], [1.0, 0.9, 0.1, 0.08])  # the blend's score, for every slot
     # Bought products are never shown, in either part; shown ones never twice.
     bought = sparse.csr_matrix(np.array([[1, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 0]]))
-    positions, _ = model.ranked(dense_scores(signals, bought), weights, 4, 0.5)
+    positions, _ = scoring.ranked(dense_scores(signals, bought), weights, 4, 0.5)
     np.testing.assert_array_equal(positions, [[1, 2, 4, 3], [0, 1, 5, 4]])
     # With fewer products of the user's own signals than slots, the blend's next best fill them.
     few = dense_scores({"trend": trend, "covisit": np.array([[0.0, 0.0, 0.0, 0.0, 0.0, 1.0]] * 2)},
                        sparse.csr_matrix((2, 6)))
-    positions, _ = model.ranked(few, weights, 4, 0.5)
+    positions, _ = scoring.ranked(few, weights, 4, 0.5)
     np.testing.assert_array_equal(positions, [[0, 1, 5, 2]] * 2)
 
 
@@ -186,7 +199,7 @@ def test_tune_neighbours_returns_the_customers_of_the_chosen_settings(spark):
     events = spark.createDataFrame(events_frame(rows))
     config = RecsConfig(eval_days=30, eval_k=3, neighbour_users=50, neighbour_half_life_days=5.0)
     split = time_split(events, config.eval_days)
-    index = model.ItemIndex(np.array(sorted({row[1] for row in rows})))
+    index = scoring.ItemIndex(np.array(sorted({row[1] for row in rows})))
     evaluation = eval_set(split, index, config)
     tuned, customers = tuning.tune_neighbours(split.train, index, evaluation, config)
     assert tuned.neighbour_half_life_days in {5.0, *tuning.NEIGHBOUR_HALF_LIVES}
@@ -196,21 +209,21 @@ def test_tune_neighbours_returns_the_customers_of_the_chosen_settings(spark):
     fresh = model.customer_profiles(split.train, index, tuned)
     np.testing.assert_allclose(customers.recent.toarray(), fresh.recent.toarray())
     # Each user's twin is their nearest customer: the signal finds every window purchase.
-    scores = model.neighbour_scores(customers, evaluation.users, len(index))
-    top = model.top_k(scores, evaluation.excluded, 3)[0]
-    assert model.ndcg(top, evaluation.relevant) == pytest.approx(1.0)
+    scores = scoring.neighbour_scores(customers, evaluation.users, len(index))
+    top = scoring.top_k(scores, evaluation.excluded, 3)[0]
+    assert scoring.ndcg(top, evaluation.relevant) == pytest.approx(1.0)
 
 
 def random_shop(seed: int, products: int = 80, users: int = 40, clusters: int = 5):
     """A model with random item-item edges, clusters, trend and similar customers, and
     histories of `users` (some heavy, some who bought most of a cluster)."""
     rng = np.random.default_rng(seed)
-    index = model.ItemIndex(np.array([f"p{i:03d}" for i in range(products)]))
+    index = scoring.ItemIndex(np.array([f"p{i:03d}" for i in range(products)]))
 
     def edges(density: float) -> sparse.csr_matrix:
         matrix = sparse.random(products, products, density=density, random_state=rng, dtype=np.float64)
         matrix.setdiag(0)
-        return model.top_per_row(matrix, 8)
+        return scoring.top_per_row(matrix, 8)
 
     trend = rng.random(products)
     rows = []
@@ -224,26 +237,26 @@ def random_shop(seed: int, products: int = 80, users: int = 40, clusters: int = 
     history = pd.DataFrame(rows, columns=["user_id", "product_id", "weight", "purchased", "strongest_event", "recency"])
     cluster_of = rng.integers(0, clusters, products)
     cluster_of[np.argsort(-trend)[15:18]] = -1  # popular products without a cluster: only trend reaches them
-    fitted = model.Model(
-        index=index, edges={name: edges(0.05) for name in model.EDGE_SIGNALS}, cluster_of=cluster_of,
+    fitted = scoring.Model(
+        index=index, edges={name: edges(0.05) for name in scoring.EDGE_SIGNALS}, cluster_of=cluster_of,
         trend=rng.random(products), weights={},
-        customers=model.customers_from_pairs(history[["user_id", "product_id", "weight"]], index, 3),
+        customers=scoring.customers_from_pairs(history[["user_id", "product_id", "weight"]], index, 3),
     )
     return fitted, history, sorted(history["user_id"].unique())
 
 
-def dense_top_k(fitted: model.Model, history: pd.DataFrame, users: list[str], weights: dict, k: int):
+def dense_top_k(fitted: scoring.Model, history: pd.DataFrame, users: list[str], weights: dict, k: int):
     """The blend over the whole catalog, as a users x products array (the reference)."""
     def normalised(array):
         top = array.max(axis=1, keepdims=True)
         return np.divide(array, top, out=np.zeros_like(array), where=top > 0)
 
-    weighted = model.history_matrix(history, users, fitted.index)
+    weighted = scoring.history_matrix(history, users, fitted.index)
     shares = sparse.diags(1.0 / np.asarray(weighted.sum(axis=1)).ravel()) @ weighted
-    recent = model.history_matrix(history[history["recency"] <= fitted.recent_items_for_next], users, fitted.index)
+    recent = scoring.history_matrix(history[history["recency"] <= fitted.recent_items_for_next], users, fitted.index)
     signals = {name: normalised((shares @ fitted.edges[name]).toarray()) for name in ("covisit", "ease", "content")}
     signals["next"] = normalised((recent @ fitted.edges["next"]).toarray())
-    signals["neighbours"] = normalised(model.neighbour_scores(fitted.customers, users, len(fitted.index)).toarray())
+    signals["neighbours"] = normalised(scoring.neighbour_scores(fitted.customers, users, len(fitted.index)).toarray())
     membership = np.zeros((len(fitted.index), fitted.cluster_of.max() + 1))
     clustered = fitted.cluster_of >= 0
     membership[np.flatnonzero(clustered), fitted.cluster_of[clustered]] = 1
@@ -251,23 +264,23 @@ def dense_top_k(fitted: model.Model, history: pd.DataFrame, users: list[str], we
     signals["cluster"] = normalised(interest[:, np.maximum(fitted.cluster_of, 0)] * clustered * fitted.trend)
     signals["trend"] = np.tile(fitted.trend, (len(users), 1))
     blended = sum(weight * signals[name] for name, weight in weights.items())
-    bought = model.history_matrix(history[history["purchased"]].assign(one=1.0), users, fitted.index, "one")
-    return model.top_k_dense(blended, bought, k)
+    bought = scoring.history_matrix(history[history["purchased"]].assign(one=1.0), users, fitted.index, "one")
+    return scoring.top_k_dense(blended, bought, k)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("weights", [
-    dict.fromkeys(model.SIGNALS, 1.0),
+    dict.fromkeys(scoring.SIGNALS, 1.0),
     {"trend": 1.0, "cluster": 0.5},  # only the two signals that rank every product
     {"covisit": 0.25, "neighbours": 2.0, "cluster": 4.0, "trend": 0.1, "next": 0.5},
 ])
 def test_the_blend_over_candidates_equals_the_blend_over_the_whole_catalog(seed, weights):
     fitted, history, users = random_shop(seed)
     k = 10
-    scores = model.signal_scores(fitted, history, users, k)
+    scores = scoring.signal_scores(fitted, history, users, k)
     # Far fewer entries than users x catalog, yet the same top k.
     assert scores.candidates.nnz < 0.8 * len(users) * len(fitted.index)
-    positions, best = model.ranked(scores, {**dict.fromkeys(model.SIGNALS, 0.0), **weights}, k, 0.0)
+    positions, best = scoring.ranked(scores, {**dict.fromkeys(scoring.SIGNALS, 0.0), **weights}, k, 0.0)
     expected_positions, expected_best = dense_top_k(fitted, history, users, weights, k)
     np.testing.assert_allclose(best, expected_best, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(positions, expected_positions)

@@ -13,27 +13,29 @@ from scipy import sparse
 
 from recs.config import RecsConfig
 from recs.model import (
+    count_pairs,
+    covisit_edges,
+    customer_profiles,
+    ease_counts,
+    pair_counts,
+    recent_history,
+    scoring_history,
+    transition_counts,
+    user_item_weights,
+)
+from recs.recommend import content_neighbours, explain, popular_products, score_users, similar_products, users_per_task
+from recs.scoring import (
     EDGE_SIGNALS,
     SIGNALS,
     SIMILAR_CUSTOMERS,
     ItemIndex,
     Model,
-    count_pairs,
-    covisit_edges,
-    customer_profiles,
     customers_from_pairs,
-    ease_counts,
-    pair_counts,
     pairs_to_matrix,
-    recent_history,
     recommend_block,
-    scoring_history,
     top_k,
     top_per_row,
-    transition_counts,
-    user_item_weights,
 )
-from recs.recommend import content_neighbours, explain, popular_products, score_users, similar_products, users_per_task
 
 NOW = datetime(2026, 10, 31, 12, 0, tzinfo=UTC)
 EVENTS_SCHEMA = "user_id string, product_id string, event_type string, quantity int, ts timestamp"
