@@ -107,6 +107,8 @@ class TreeSampler(threading.Thread):
             java = os.path.basename(command[0]) == "java" if command else False
             if "org.apache.spark.deploy.SparkSubmit" in joined and step and not java:
                 continue  # the spark-submit / spark-class shell wrappers of the JVM
+            if "org.apache.spark.launcher.Main" in joined:
+                continue  # the short JVM spark-class runs first to build the real command: not a try
             if "org.apache.spark.deploy.SparkSubmit" in joined and step:
                 owner[process.pid] = step
                 rows.append(("driver_jvm", step, process.pid, rss, parents))
