@@ -61,10 +61,15 @@ def user_item_weights(events: DataFrame, config: RecsConfig, half_life_days: flo
     weight = sum over the pair's events of type weight x 0.5 ** (age / half-life).
     """
     half_life = half_life_days or config.recency_half_life_days
+    return user_item_weights_by_half_life(events, config, [half_life]).withColumnRenamed("weight_0", "weight")
+
+
+def user_item_weights_by_half_life(events: DataFrame, config: RecsConfig, half_lives: list[float]) -> DataFrame:
+    """`user_item_weights` with one column weight_i per half-life: one pass over the events for them all."""
     aged, type_weight = _with_age(events, config)
-    decayed = aged.withColumn("event_weight", type_weight * F.pow(F.lit(0.5), F.col("age_days") / F.lit(half_life)))
-    return decayed.groupBy("user_id", "product_id").agg(
-        F.sum("event_weight").alias("weight"),
+    return aged.groupBy("user_id", "product_id").agg(
+        *[F.sum(type_weight * F.pow(F.lit(0.5), F.col("age_days") / F.lit(float(half_life)))).alias(f"weight_{i}")
+          for i, half_life in enumerate(half_lives)],
         F.max((F.col("event_type") == "purchase").cast("int")).cast("boolean").alias("purchased"),
         F.max("ts").alias("last_ts"),
         F.max_by("event_type", type_weight).alias("strongest_event"),
@@ -268,9 +273,24 @@ def count_pairs(events: DataFrame, index: ItemIndex, config: RecsConfig) -> Coun
 def customer_profiles(events: DataFrame, index: ItemIndex, config: RecsConfig) -> Customers:
     """Each customer's most recent products, counted in Spark, as the matrices of
     `Customers` (weights halved every `neighbour_half_life_days`)."""
-    user_items = user_item_weights(events, config, config.neighbour_half_life_days)
-    recent = recent_history(user_items, config.max_history_for_pairs).select("user_id", "product_id", "weight")
-    return customers_from_pairs(recent.toPandas(), index, config.neighbour_users)
+    return customer_profiles_by_half_life(events, index, config, [config.neighbour_half_life_days])[
+        config.neighbour_half_life_days]
+
+
+def customer_profiles_by_half_life(
+    events: DataFrame, index: ItemIndex, config: RecsConfig, half_lives: list[float]
+) -> dict[float, Customers]:
+    """`customer_profiles` for each half-life, from one pass over the events (which
+    products are a customer's most recent does not depend on the half-life)."""
+    user_items = user_item_weights_by_half_life(events, config, half_lives)
+    columns = [f"weight_{i}" for i in range(len(half_lives))]
+    recent = recent_history(user_items, config.max_history_for_pairs).select("user_id", "product_id", *columns)
+    recent = recent.toPandas()
+    return {
+        half_life: customers_from_pairs(recent[["user_id", "product_id", column]].rename(columns={column: "weight"}),
+                                        index, config.neighbour_users)
+        for half_life, column in zip(half_lives, columns, strict=True)
+    }
 
 
 def fit_model(

@@ -53,11 +53,7 @@ def tune_neighbours(
     and each smaller number keeps its nearest of those."""
     half_lives = sorted({config.neighbour_half_life_days, *NEIGHBOUR_HALF_LIVES})
     sizes = sorted({config.neighbour_users, *NEIGHBOUR_USERS})
-    profiles = {
-        half_life: recommender.customer_profiles(
-            events, index, dataclasses.replace(config, neighbour_half_life_days=half_life))
-        for half_life in half_lives
-    }
+    profiles = recommender.customer_profiles_by_half_life(events, index, config, half_lives)
     # (The longest half-life's profiles: the least likely to lose a very old purchase to underflow.)
     nearest_of_all = scoring.nearest_customers(profiles[half_lives[-1]], evaluation.users, sizes[-1])
     results = {}
