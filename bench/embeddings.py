@@ -5,7 +5,7 @@
 On the Amazon Office catalog (2,420 items; text built as the pipeline builds it: title.
 categories. description, HTML unescaped, tags stripped, white space collapsed) it times
 `SentenceTransformer(...).encode()` (batch 64, every core) and the job's `LocalBackend`
-(what `EMBEDDING_BACKEND=local` runs, with the same threads) on the same texts in the same
+(what `RECS_EMBEDDING_BACKEND=local` runs, with the same threads) on the same texts in the same
 process, alternating R rounds and keeping each one's best, and compares their vectors.
 The ONNX export (once per machine) happens before the clock starts.
 

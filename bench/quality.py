@@ -42,14 +42,14 @@ def evaluate_dataset(spark, name: str, input_path: str, input_format: str, data_
     config = RecsConfig.load(
         {"input_path": input_path, "input_format": input_format, "data_root": data_root}
     )
-    paths = RunPaths(config.data_root, f"bench_{name}")
+    paths = RunPaths(config.input.data_root, f"bench_{name}")
     for step in (preprocess, embed, pca, cluster):
         started = time.monotonic()
         stats = step.run(spark, config, paths)
         io.write_json(spark, paths.stats(step.__name__.split(".")[-1]), stats)
         print(f"[{name}] {step.__name__.split('.')[-1]}: {time.monotonic() - started:.0f}s", flush=True)
     embeddings = io.read_table(spark, paths.table("embeddings"))
-    content = content_neighbours(spark, embeddings, config.neighbours_per_product).toPandas()
+    content = content_neighbours(spark, embeddings, config.recommender.neighbours_per_product).toPandas()
     clusters = io.read_table(spark, paths.table("product_clusters")).select("product_id", "cluster").toPandas()
     products = io.read_table(spark, paths.table("products"))
     events = io.read_table(spark, paths.table("events")).cache()
@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> None:
             if args.only and name != args.only:
                 continue
             metrics = evaluate_dataset(spark, name, path, input_format, os.path.join(scratch, "data"))
-            print_table(name, metrics, config.eval_k)
-            results[name] = summarise(metrics, config.eval_k)
+            print_table(name, metrics, config.evaluation.eval_k)
+            results[name] = summarise(metrics, config.evaluation.eval_k)
     finally:
         spark.stop()
         shutil.rmtree(scratch, ignore_errors=True)

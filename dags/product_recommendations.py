@@ -23,11 +23,11 @@ with DAG(
     max_active_runs=1,
     params=dag_params(config),
     tags=["recommendations", "spark"],
-    dagrun_timeout=pendulum.duration(minutes=config.dag_run_timeout_minutes),
+    dagrun_timeout=pendulum.duration(minutes=config.runtime.dag_run_timeout_minutes),
     default_args={
         "retries": 1,
         "retry_delay": pendulum.duration(minutes=2),
-        "execution_timeout": pendulum.duration(minutes=config.task_timeout_minutes),
+        "execution_timeout": pendulum.duration(minutes=config.runtime.task_timeout_minutes),
         # E-mail and/or webhook when a task fails for good or publishing is refused (none when not configured).
         "on_failure_callback": alert_notifiers(config),
     },

@@ -66,19 +66,19 @@ def assign_clusters(model: PipelineModel, points: DataFrame) -> DataFrame:
 def run(spark: SparkSession, config: RecsConfig, paths: RunPaths) -> dict:
     points = fixed_order(
         io.read_table(spark, paths.table("pca")).withColumn("pca_vector", array_to_vector("pca")),
-        ["product_id"], config.shuffle_partitions,
+        ["product_id"], config.runtime.shuffle_partitions,
     ).cache()
     products = points.count()
-    if config.k:
-        k, curve = min(config.k, products - 1), {}
+    if config.clustering.k:
+        k, curve = min(config.clustering.k, products - 1), {}
         log.info("k fixed at %d", k)
     else:
-        ks = candidate_ks(config.k_min, config.k_max, products)
+        ks = candidate_ks(config.clustering.k_min, config.clustering.k_max, products)
         fraction = min(1.0, SILHOUETTE_SAMPLE / products)
-        sample = points.sample(fraction=fraction, seed=config.seed).cache() if fraction < 1 else points
-        k, curve = choose_k(sample, ks, config.seed)
+        sample = points.sample(fraction=fraction, seed=config.runtime.seed).cache() if fraction < 1 else points
+        k, curve = choose_k(sample, ks, config.runtime.seed)
         log.info("silhouette by k: %s; chose k=%d", {k: round(s, 4) for k, s in curve.items()}, k)
-    model = kmeans_pipeline(k, config.seed).fit(points)
+    model = kmeans_pipeline(k, config.runtime.seed).fit(points)
     model.write().overwrite().save(paths.model("kmeans"))
     clusters = assign_clusters(model, points)
     write_table(clusters, paths.table("product_clusters"))
@@ -88,7 +88,7 @@ def run(spark: SparkSession, config: RecsConfig, paths: RunPaths) -> dict:
     }
     return {
         "k": k,
-        "k_fixed": bool(config.k),
+        "k_fixed": bool(config.clustering.k),
         "silhouette_by_k": {str(key): value for key, value in curve.items()},
         "silhouette": curve[k] if k in curve else silhouette(model, points),
         "cluster_sizes": {str(key): sizes[key] for key in sorted(sizes)},

@@ -31,7 +31,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recs import io, lock
-from recs.config import RecsConfig
+from recs.config import EmbeddingSettings, RecsConfig
 from recs.embeddings import create_backend, resolve_backend_name
 from recs.io import RunPaths, write_table
 
@@ -76,11 +76,11 @@ def spent_between(before: dict, after: dict) -> dict:
     return {name: value - before.get(name, 0) for name, value in after.items() if isinstance(value, int | float)}
 
 
-def _embed_partitions(backend_name: str, config_json: str, space: str, spent: Accumulator):
+def _embed_partitions(backend_name: str, settings_json: str, space: str, spent: Accumulator):
     """A mapInPandas function; the backend is created once per Python worker."""
 
     def embed_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        backend = _worker_backend(backend_name, config_json)
+        backend = _worker_backend(backend_name, settings_json)
         for batch in batches:
             if batch.empty:
                 continue
@@ -97,10 +97,10 @@ def _embed_partitions(backend_name: str, config_json: str, space: str, spent: Ac
 _BACKENDS: dict[tuple[str, str], object] = {}
 
 
-def _worker_backend(backend_name: str, config_json: str):
-    key = (backend_name, config_json)
+def _worker_backend(backend_name: str, settings_json: str):
+    key = (backend_name, settings_json)
     if key not in _BACKENDS:
-        _BACKENDS[key] = create_backend(backend_name, RecsConfig(**json.loads(config_json)))
+        _BACKENDS[key] = create_backend(backend_name, EmbeddingSettings(**json.loads(settings_json)))
     return _BACKENDS[key]
 
 
@@ -147,8 +147,8 @@ def run(spark: SparkSession, config: RecsConfig, paths: RunPaths) -> dict:
 
 
 def embed_products(spark: SparkSession, config: RecsConfig, paths: RunPaths) -> dict:
-    backend_name, why = resolve_backend_name(config)
-    backend = create_backend(backend_name, config)
+    backend_name, why = resolve_backend_name(config.embedding)
+    backend = create_backend(backend_name, config.embedding)
     driver_stats_before = backend.stats()
     texts_in = io.read_table(spark, paths.table("products")).select("product_id", "text").cache()
     probed = _learn_dimensions(spark, paths, backend, texts_in) if not backend.dimensions else None
@@ -172,9 +172,10 @@ def embed_products(spark: SparkSession, config: RecsConfig, paths: RunPaths) -> 
 
     spent = spark.sparkContext.accumulator({}, SumDict())
     # Workers build the backend the driver built (e.g. the local runtime it chose).
-    worker_config = dataclasses.replace(config, **backend.worker_settings())
-    embed_batches = _embed_partitions(backend_name, worker_config.to_json(), backend.space, spent)
-    chunks = max(1, math.ceil(remaining / config.embedding_chunk_size)) if remaining else 0
+    worker_settings = dataclasses.replace(config.embedding, **backend.worker_settings())
+    embed_batches = _embed_partitions(backend_name, json.dumps(dataclasses.asdict(worker_settings), sort_keys=True),
+                                      backend.space, spent)
+    chunks = max(1, math.ceil(remaining / config.embedding.chunk_size)) if remaining else 0
     parallelism = spark.sparkContext.defaultParallelism
     for chunk in range(chunks):
         texts = missing.where(F.pmod(F.xxhash64("key"), F.lit(chunks)) == chunk)

@@ -126,15 +126,16 @@ def evaluate_methods(
     protocol: str,
 ) -> tuple[pd.DataFrame, dict]:
     """Every method on the same split: run_metrics rows and what was tuned."""
-    k = config.eval_k
-    split = make_split(events, protocol, config.eval_days)
+    k = config.evaluation.eval_k
+    split = make_split(events, protocol, config.evaluation.eval_days)
     if split.relevant.empty:
-        raise ValueError(f"no test users for {protocol}: does the data span more than {config.eval_days} days?")
-    inner = make_split(split.train, protocol, config.eval_days)
+        raise ValueError(
+            f"no test users for {protocol}: does the data span more than {config.evaluation.eval_days} days?")
+    inner = make_split(split.train, protocol, config.evaluation.eval_days)
     test, validation = eval_set(split, index, config), eval_set(inner, index, config)
     log.info("%s: %d test users, %d validation users", protocol, len(test.users), len(validation.users))
-    train_counts = recommender.count_pairs(split.train, index, config)
-    inner_counts = recommender.count_pairs(inner.train, index, config)
+    train_counts = recommender.count_pairs(split.train, index, config.recommender)
+    inner_counts = recommender.count_pairs(inner.train, index, config.recommender)
     cluster_of = scoring.cluster_positions(index, clusters)
     tops: dict[str, np.ndarray] = {}
     # Too short a history for a validation window: every method keeps its defaults.
@@ -148,8 +149,8 @@ def evaluate_methods(
         return max(candidates, key=lambda c: scoring.ndcg(validation_top(c), validation.relevant))
 
     # Ours: the same procedure as the recommend step, on the train part only.
-    settings = tune_time_settings(inner.train, index, validation, config)
-    ours, half_life, validation_customers = settings.config, settings.trend_half_life_days, settings.customers
+    settings = tune_time_settings(inner.train, index, validation, config.recommender, k)
+    ours, half_life, validation_customers = settings.settings, settings.trend_half_life_days, settings.customers
     validation_model = recommender.fit_model(inner.train, index, content, clusters, ours,
                                              trend_half_life_days=half_life, counts=inner_counts,
                                              customers=validation_customers)
@@ -157,12 +158,12 @@ def evaluate_methods(
                                        trend_half_life_days=half_life, counts=train_counts)
     validation_scores = scoring.signal_scores(validation_model, validation.history, validation.users, k)
     test_scores = scoring.signal_scores(test_model, test.history, test.users, k)
-    start = recommender.default_weights(config)
+    start = recommender.default_weights(config.recommender)
     tuned = {}
     for name, fixed in (("published", {}), ("without_text", dict.fromkeys(scoring.TEXT_SIGNALS, 0.0))):
         weights = tune(validation_scores, validation, start, k, fixed)[0]
         tuned[name] = weights
-        tops[name] = scoring.ranked(test_scores, weights, k, config.discovery_share)[0]
+        tops[name] = scoring.ranked(test_scores, weights, k, config.recommender.discovery_share)[0]
     # Without time: no recency decay in histories, no "bought next", no similar customers' recent buys, no trending.
     flat = 1e9
     flat_validation = eval_set(inner, index, config, half_life_days=flat)
@@ -172,29 +173,30 @@ def evaluate_methods(
     flat_test_scores = scoring.signal_scores(test_model, flat_test.history, test.users, k)
     weights = tune(flat_validation_scores, validation, start, k, dict.fromkeys(scoring.TIME_SIGNALS, 0.0))[0]
     tuned["without_time"] = weights
-    tops["without_time"] = scoring.ranked(flat_test_scores, weights, k, config.discovery_share)[0]
+    tops["without_time"] = scoring.ranked(flat_test_scores, weights, k, config.recommender.discovery_share)[0]
 
     # Baselines, each tuned on validation the same way.
     tops["most_popular"] = scoring.top_k_popular(test.buyers, test.excluded, k)
-    trending = recommender.trend_vector(split.train, index, half_life, config)
+    trending = recommender.trend_vector(split.train, index, half_life, config.recommender)
     tops["trending"] = scoring.top_k_popular(trending, test.excluded, k)
     tops["item_knn"] = scoring.top_k(cosine_scores(train_counts, binary_history(test, index)), test.excluded, k)[0]
     validation_history = binary_history(validation, index)
     ease_lambda = best_on_validation(
-        {config.ease_lambda: None, **dict.fromkeys(EASE_LAMBDAS)},
-        lambda lam: scoring.top_k(ease_scores(inner_counts, validation_history, lam, config.ease_max_items),
-                                      validation.excluded, k)[0],
+        {config.recommender.ease_lambda: None, **dict.fromkeys(EASE_LAMBDAS)},
+        lambda lam: scoring.top_k(
+            ease_scores(inner_counts, validation_history, lam, config.recommender.ease_max_items),
+            validation.excluded, k)[0],
     )
     tops["ease"] = scoring.top_k(
-        ease_scores(train_counts, binary_history(test, index), ease_lambda, config.ease_max_items),
+        ease_scores(train_counts, binary_history(test, index), ease_lambda, config.recommender.ease_max_items),
         test.excluded, k)[0]
     als_index = best_on_validation(
         dict(enumerate(ALS_GRID)),
-        lambda i: als_top(inner.train, index, validation.users, validation.excluded, k, ALS_GRID[i], config.seed,
-                          config.als_blocks),
+        lambda i: als_top(inner.train, index, validation.users, validation.excluded, k, ALS_GRID[i],
+                          config.runtime.seed, config.runtime.als_blocks),
     )
-    tops["als"] = als_top(split.train, index, test.users, test.excluded, k, ALS_GRID[als_index], config.seed,
-                          config.als_blocks)
+    tops["als"] = als_top(split.train, index, test.users, test.excluded, k, ALS_GRID[als_index], config.runtime.seed,
+                          config.runtime.als_blocks)
     # Cluster-only: plain (undecayed) popularity inside the user's favourite clusters.
     popular_model = dataclasses.replace(test_model, trend=test.buyers / max(test.buyers.max(), 1))
     cluster_only = scoring.signal_scores(popular_model, test.history, test.users, k)
@@ -233,9 +235,10 @@ def run(spark: SparkSession, config: RecsConfig, paths: RunPaths) -> dict:
     # Transform
     metrics, tuning = evaluate_methods(events, recommender.catalog_index(products), content, clusters, config, protocol)
     metrics.insert(0, "run_id", paths.run_id)
-    metrics["k"] = config.eval_k
+    metrics["k"] = config.evaluation.eval_k
     # Load
     write_table(spark.createDataFrame(metrics), paths.table("run_metrics"))
-    summary = headline(metrics, config.eval_k)
-    log.info("NDCG@%d: %s", config.eval_k, {m: round(v, 4) for m, v in summary[f"ndcg@{config.eval_k}"].items()})
+    k = config.evaluation.eval_k
+    summary = headline(metrics, k)
+    log.info("NDCG@%d: %s", k, {m: round(v, 4) for m, v in summary[f"ndcg@{k}"].items()})
     return {**tuning, **summary}

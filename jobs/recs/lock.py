@@ -222,21 +222,21 @@ def data_root_lock(spark, config: RecsConfig, name: str, owner: str) -> Iterator
     from recs import postgres
 
     database = postgres.configured_database()
-    lock = (_DatabaseLock(database, config.data_root, name, owner) if database
-            else _LeaseLock(spark, config.data_root, name, owner, config.lock_lease_seconds))
+    lock = (_DatabaseLock(database, config.input.data_root, name, owner) if database
+            else _LeaseLock(spark, config.input.data_root, name, owner, config.publish.lock_lease_seconds))
     started = time.monotonic()
     announced = False
     try:
         while not lock.try_acquire():
             waited = time.monotonic() - started
-            if waited >= config.lock_wait_seconds:
-                raise LockBusy(f"the {name} lock of data root {config.data_root} is held by {lock.holder()}; "
+            if waited >= config.publish.lock_wait_seconds:
+                raise LockBusy(f"the {name} lock of data root {config.input.data_root} is held by {lock.holder()}; "
                                f"waited {waited:.0f}s (RECS_LOCK_WAIT_SECONDS)")
             if not announced:
-                log.warning("waiting for the %s lock of %s, held by %s", name, config.data_root, lock.holder())
+                log.warning("waiting for the %s lock of %s, held by %s", name, config.input.data_root, lock.holder())
                 announced = True
             time.sleep(POLL_SECONDS)
-        log.info("holding the %s lock of %s (%s)", name, config.data_root, "PostgreSQL advisory lock" if database
+        log.info("holding the %s lock of %s (%s)", name, config.input.data_root, "PostgreSQL advisory lock" if database
                  else "lease file")
     except BaseException:
         lock.release()

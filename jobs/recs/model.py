@@ -18,7 +18,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from scipy import sparse
 
-from recs.config import RecsConfig
+from recs.config import RecommenderSettings
 from recs.scoring import (
     SIGNALS,
     Counts,
@@ -37,36 +37,40 @@ from recs.scoring import (
 log = logging.getLogger(__name__)
 
 
-def default_weights(config: RecsConfig) -> dict[str, float]:
-    return {name: getattr(config, f"weight_{name}") for name in SIGNALS}
+def default_weights(settings: RecommenderSettings) -> dict[str, float]:
+    return {name: getattr(settings, f"weight_{name}") for name in SIGNALS}
 
 
 # --- Spark side: counts over the whole event log --------------------------------
 
 
-def _with_age(events: DataFrame, config: RecsConfig) -> tuple[DataFrame, F.Column]:
+def _with_age(events: DataFrame, settings: RecommenderSettings) -> tuple[DataFrame, F.Column]:
     """`events` with `age_days` (from the newest event in the data, so old logs replay
     the same), and the events' type weight."""
     type_weight = F.coalesce(
-        *[F.when(F.col("event_type") == name, F.lit(w)) for name, w in config.event_weights.items()]
+        *[F.when(F.col("event_type") == name, F.lit(w)) for name, w in settings.event_weights.items()]
     )
     newest = events.agg(F.max("ts").alias("newest"))
     age_days = (F.col("newest").cast("long") - F.col("ts").cast("long")) / 86400.0
     return events.crossJoin(F.broadcast(newest)).withColumn("age_days", age_days), type_weight
 
 
-def user_item_weights(events: DataFrame, config: RecsConfig, half_life_days: float | None = None) -> DataFrame:
+def user_item_weights(
+    events: DataFrame, settings: RecommenderSettings, half_life_days: float | None = None
+) -> DataFrame:
     """(user_id, product_id, weight, purchased, last_ts, strongest_event) per pair.
 
     weight = sum over the pair's events of type weight x 0.5 ** (age / half-life).
     """
-    half_life = half_life_days or config.recency_half_life_days
-    return user_item_weights_by_half_life(events, config, [half_life]).withColumnRenamed("weight_0", "weight")
+    half_life = half_life_days or settings.recency_half_life_days
+    return user_item_weights_by_half_life(events, settings, [half_life]).withColumnRenamed("weight_0", "weight")
 
 
-def user_item_weights_by_half_life(events: DataFrame, config: RecsConfig, half_lives: list[float]) -> DataFrame:
+def user_item_weights_by_half_life(
+    events: DataFrame, settings: RecommenderSettings, half_lives: list[float]
+) -> DataFrame:
     """`user_item_weights` with one column weight_i per half-life: one pass over the events for them all."""
-    aged, type_weight = _with_age(events, config)
+    aged, type_weight = _with_age(events, settings)
     return aged.groupBy("user_id", "product_id").agg(
         *[F.sum(type_weight * F.pow(F.lit(0.5), F.col("age_days") / F.lit(float(half_life)))).alias(f"weight_{i}")
           for i, half_life in enumerate(half_lives)],
@@ -171,10 +175,10 @@ def transition_counts(events: DataFrame, window: int) -> DataFrame:
     )
 
 
-def popularity(events: DataFrame, half_lives: list[float], config: RecsConfig) -> DataFrame:
+def popularity(events: DataFrame, half_lives: list[float], settings: RecommenderSettings) -> DataFrame:
     """(product_id, popularity_0, popularity_1, ...): event-type weighted interest, halved
     every half-life, one column per half-life: one pass over the events for them all."""
-    aged, type_weight = _with_age(events, config)
+    aged, type_weight = _with_age(events, settings)
     return aged.groupBy("product_id").agg(*[
         F.sum(type_weight * F.pow(F.lit(0.5), F.col("age_days") / F.lit(float(half_life)))).alias(f"popularity_{i}")
         for i, half_life in enumerate(half_lives)])
@@ -187,15 +191,15 @@ def build_edges(
     index: ItemIndex,
     counts: Counts,
     content: pd.DataFrame,
-    config: RecsConfig,
+    settings: RecommenderSettings,
     ease_regularisation: float | None = None,
 ) -> dict[str, sparse.csr_matrix]:
     """The item x item matrices from what Spark counted (already top K per product)."""
-    keep = config.neighbours_per_product
+    keep = settings.neighbours_per_product
     return {
         "covisit": counts.covisit.astype(np.float32),
         "ease": top_per_row(
-            ease_from_counts(counts.ease, ease_regularisation or config.ease_lambda, config.ease_max_items), keep
+            ease_from_counts(counts.ease, ease_regularisation or settings.ease_lambda, settings.ease_max_items), keep
         ),
         "next": row_normalised(counts.transitions.astype(np.float32)),
         "content": top_per_row(pairs_to_matrix(content, index, "score"), keep),
@@ -218,10 +222,12 @@ def catalog_index(products: DataFrame) -> ItemIndex:
     return ItemIndex(ids)
 
 
-def trend_vectors(events: DataFrame, index: ItemIndex, half_lives, config: RecsConfig) -> dict[float, np.ndarray]:
+def trend_vectors(
+    events: DataFrame, index: ItemIndex, half_lives, settings: RecommenderSettings
+) -> dict[float, np.ndarray]:
     """Popularity per product position for each half-life, each scaled to max 1."""
     half_lives = list(half_lives)
-    popular = popularity(events, half_lives, config).toPandas()
+    popular = popularity(events, half_lives, settings).toPandas()
     positions = index.positions(popular["product_id"])
     known = positions >= 0
     vectors = {}
@@ -232,8 +238,10 @@ def trend_vectors(events: DataFrame, index: ItemIndex, half_lives, config: RecsC
     return vectors
 
 
-def trend_vector(events: DataFrame, index: ItemIndex, half_life_days: float, config: RecsConfig) -> np.ndarray:
-    return trend_vectors(events, index, [half_life_days], config)[half_life_days]
+def trend_vector(
+    events: DataFrame, index: ItemIndex, half_life_days: float, settings: RecommenderSettings
+) -> np.ndarray:
+    return trend_vectors(events, index, [half_life_days], settings)[half_life_days]
 
 
 def catalog_positions(spark, index: ItemIndex) -> DataFrame:
@@ -242,53 +250,53 @@ def catalog_positions(spark, index: ItemIndex) -> DataFrame:
                                                "position": np.arange(len(index), dtype=np.int32)}))
 
 
-def count_pairs(events: DataFrame, index: ItemIndex, config: RecsConfig) -> Counts:
+def count_pairs(events: DataFrame, index: ItemIndex, settings: RecommenderSettings) -> Counts:
     """Count co-occurrences (each user's `max_history_for_pairs` most recent products)
     and transitions in Spark, each cut to its top `neighbours_per_product` per product
     there. Products are counted by catalog position; the pairs are counted once, for
     the co-visitation cosine and for EASE."""
-    keep = config.neighbours_per_product
+    keep = settings.neighbours_per_product
     positions = F.broadcast(catalog_positions(events.sparkSession, index))
 
     def by_position(df: DataFrame) -> DataFrame:
         return df.join(positions, "product_id").drop("product_id").withColumnRenamed("position", "product_id")
 
-    history = by_position(recent_history(user_item_weights(events, config), config.max_history_for_pairs)
+    history = by_position(recent_history(user_item_weights(events, settings), settings.max_history_for_pairs)
                           .select("user_id", "product_id")).persist()
     pairs = unordered_pair_counts(history).persist()
     users = product_users(history).persist()
-    transitions = top_per_product(transition_counts(by_position(events), config.next_window), keep, "count")
+    transitions = top_per_product(transition_counts(by_position(events), settings.next_window), keep, "count")
     size = len(index)
     counts = Counts(
         covisit=positions_to_matrix(covisit_edges(history, keep, pairs, users).toPandas(), size, "score"),
         transitions=positions_to_matrix(
             transitions.select("product_id", "neighbour_id", "count").toPandas(), size, "count"),
-        ease=positions_to_matrix(ease_counts(history, config.ease_max_items, pairs, users).toPandas(), size, "both"),
+        ease=positions_to_matrix(ease_counts(history, settings.ease_max_items, pairs, users).toPandas(), size, "both"),
     )
     for table in (history, pairs, users):
         table.unpersist()
     return counts
 
 
-def customer_profiles(events: DataFrame, index: ItemIndex, config: RecsConfig) -> Customers:
+def customer_profiles(events: DataFrame, index: ItemIndex, settings: RecommenderSettings) -> Customers:
     """Each customer's most recent products, counted in Spark, as the matrices of
     `Customers` (weights halved every `neighbour_half_life_days`)."""
-    return customer_profiles_by_half_life(events, index, config, [config.neighbour_half_life_days])[
-        config.neighbour_half_life_days]
+    return customer_profiles_by_half_life(events, index, settings, [settings.neighbour_half_life_days])[
+        settings.neighbour_half_life_days]
 
 
 def customer_profiles_by_half_life(
-    events: DataFrame, index: ItemIndex, config: RecsConfig, half_lives: list[float]
+    events: DataFrame, index: ItemIndex, settings: RecommenderSettings, half_lives: list[float]
 ) -> dict[float, Customers]:
     """`customer_profiles` for each half-life, from one pass over the events (which
     products are a customer's most recent does not depend on the half-life)."""
-    user_items = user_item_weights_by_half_life(events, config, half_lives)
+    user_items = user_item_weights_by_half_life(events, settings, half_lives)
     columns = [f"weight_{i}" for i in range(len(half_lives))]
-    recent = recent_history(user_items, config.max_history_for_pairs).select("user_id", "product_id", *columns)
+    recent = recent_history(user_items, settings.max_history_for_pairs).select("user_id", "product_id", *columns)
     recent = recent.toPandas()
     return {
         half_life: customers_from_pairs(recent[["user_id", "product_id", column]].rename(columns={column: "weight"}),
-                                        index, config.neighbour_users)
+                                        index, settings.neighbour_users)
         for half_life, column in zip(half_lives, columns, strict=True)
     }
 
@@ -298,7 +306,7 @@ def fit_model(
     index: ItemIndex,
     content: pd.DataFrame,
     clusters: pd.DataFrame,
-    config: RecsConfig,
+    settings: RecommenderSettings,
     weights: dict[str, float] | None = None,
     trend_half_life_days: float | None = None,
     counts: Counts | None = None,
@@ -306,16 +314,16 @@ def fit_model(
 ) -> Model:
     """Count over `events` in Spark (unless `counts` and `customers` already hold the
     counts), then build the item x item signals on the driver."""
-    counts = counts or count_pairs(events, index, config)
+    counts = counts or count_pairs(events, index, settings)
     return Model(
         index=index,
-        edges=build_edges(index, counts, content, config),
+        edges=build_edges(index, counts, content, settings),
         cluster_of=cluster_positions(index, clusters),
-        trend=trend_vector(events, index, trend_half_life_days or config.trend_half_life_days, config),
-        weights=weights or default_weights(config),
-        recent_items_for_next=config.recent_items_for_next,
-        customers=customers or customer_profiles(events, index, config),
-        discovery_share=config.discovery_share,
+        trend=trend_vector(events, index, trend_half_life_days or settings.trend_half_life_days, settings),
+        weights=weights or default_weights(settings),
+        recent_items_for_next=settings.recent_items_for_next,
+        customers=customers or customer_profiles(events, index, settings),
+        discovery_share=settings.discovery_share,
     )
 
 

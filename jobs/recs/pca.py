@@ -46,14 +46,15 @@ def explained_variance(model: PipelineModel) -> list[float]:
 
 
 def run(spark: SparkSession, config: RecsConfig, paths: RunPaths) -> dict:
-    embeddings = fixed_order(io.read_table(spark, paths.table("embeddings")), ["product_id"], config.shuffle_partitions)
+    embeddings = fixed_order(io.read_table(spark, paths.table("embeddings")), ["product_id"],
+                             config.runtime.shuffle_partitions)
     embeddings = embeddings.cache()
     products = embeddings.count()
     embedding_size = len(embeddings.select(F.col("embedding")).first()["embedding"])
-    dimensions = effective_dimensions(config.pca_dimensions, embedding_size, products)
-    if dimensions != config.pca_dimensions:
+    dimensions = effective_dimensions(config.clustering.pca_dimensions, embedding_size, products)
+    if dimensions != config.clustering.pca_dimensions:
         log.warning("pca_dimensions %d reduced to %d (embedding size %d, %d products)",
-                    config.pca_dimensions, dimensions, embedding_size, products)
+                    config.clustering.pca_dimensions, dimensions, embedding_size, products)
     model = fit_pca(embeddings, dimensions)
     model.write().overwrite().save(paths.model("pca"))
     write_table(project(model, embeddings), paths.table("pca"))

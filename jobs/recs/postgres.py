@@ -532,9 +532,9 @@ def publish_if_configured(spark: SparkSession, config: RecsConfig, paths: RunPat
             if location and io.exists(spark, location):
                 tables[name] = spark.read.parquet(location)
                 break
-    return publish_tables(spark, database, config.database_schema, tables, version, paths.run_id,
-                          config.keep_versions, expected, config.database_lock_timeout_seconds,
-                          config.database_statement_timeout_seconds)
+    return publish_tables(spark, database, config.publish.database_schema, tables, version, paths.run_id,
+                          config.publish.keep_versions, expected, config.publish.database_lock_timeout_seconds,
+                          config.publish.database_statement_timeout_seconds)
 
 
 # --- rollback ---------------------------------------------------------------------
@@ -905,26 +905,28 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if database is None:
             if args.command == "versions":
-                raise DatabaseError(f"{URL_VARIABLE} is not set: versions live under {config.data_root}/published")
+                raise DatabaseError(
+                    f"{URL_VARIABLE} is not set: versions live under {config.input.data_root}/published")
             # Parquet only: move the local CURRENT pointer back.
-            target = args.to or previous_parquet_version(config.data_root)
-            if not target or not point_parquet_to(config.data_root, target):
-                raise DatabaseError(f"no earlier local version to roll back to under {config.data_root}/published")
+            target = args.to or previous_parquet_version(config.input.data_root)
+            if not target or not point_parquet_to(config.input.data_root, target):
+                raise DatabaseError(
+                    f"no earlier local version to roll back to under {config.input.data_root}/published")
             print(f"published/CURRENT now points to {target} ({URL_VARIABLE} is not set: no database)")
             return 0
-        schema = config.database_schema
+        schema = config.publish.database_schema
         if args.command == "versions":
             for version, _run_id, at, current, rolled_back, dropped, rows in list_versions(database, schema):
                 state = "current" if current else "dropped" if dropped else "rolled back" if rolled_back else "kept"
                 print(f"{'*' if current else ' '} {version:45} {at:%Y-%m-%d %H:%M:%S} {state:11} {rows}")
             return 0
-        before, after = rollback(database, schema, args.to, config.database_lock_timeout_seconds,
-                                 config.database_statement_timeout_seconds)
+        before, after = rollback(database, schema, args.to, config.publish.database_lock_timeout_seconds,
+                                 config.publish.database_statement_timeout_seconds)
         print(f"{database.redacted_url} schema {schema}: rolled back from {before} to {after}")
-        if point_parquet_to(config.data_root, after):
-            print(f"{config.data_root}/published/CURRENT now points to {after}")
+        if point_parquet_to(config.input.data_root, after):
+            print(f"{config.input.data_root}/published/CURRENT now points to {after}")
         else:
-            print(f"{config.data_root}/published/CURRENT left alone (no local version {after})")
+            print(f"{config.input.data_root}/published/CURRENT left alone (no local version {after})")
     except DatabaseError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -932,7 +934,7 @@ def main(argv: list[str] | None = None) -> int:
         if not type(err).__module__.startswith("psycopg2"):
             raise
         if getattr(err, "pgcode", None) == "42P01":  # undefined_table: published_versions
-            print(f"error: nothing published yet in schema {config.database_schema}", file=sys.stderr)
+            print(f"error: nothing published yet in schema {config.publish.database_schema}", file=sys.stderr)
         else:
             print(f"error: {str(err).strip().splitlines()[0]}", file=sys.stderr)
         return 1

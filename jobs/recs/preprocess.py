@@ -172,7 +172,7 @@ MIN_PRODUCTS = 3
 def check_enough_to_learn(events: DataFrame, stats: dict, config: RecsConfig) -> None:
     """Fail here, naming the cause, on input the later steps cannot learn or measure
     anything from, instead of in the middle of a K-means or an evaluation."""
-    where = config.input_path
+    where = config.input.path
     if stats["products_out"] < MIN_PRODUCTS:
         raise ValueError(
             f"only {stats['products_out']} valid product(s) in {where}: the pipeline needs at least {MIN_PRODUCTS}"
@@ -186,16 +186,16 @@ def check_enough_to_learn(events: DataFrame, stats: dict, config: RecsConfig) ->
             "the evaluation and the publish gate measure purchases"
         )
     stats["days_spanned"] = round((last - first).total_seconds() / 86400, 2)
-    if stats["timestamps"] and stats["days_spanned"] <= config.eval_days:
+    if stats["timestamps"] and stats["days_spanned"] <= config.evaluation.eval_days:
         raise ValueError(
             f"the events of {where} span {stats['days_spanned']:g} days, not more than RECS_EVAL_DAYS="
-            f"{config.eval_days}: the evaluation window would leave no history to learn from"
+            f"{config.evaluation.eval_days}: the evaluation window would leave no history to learn from"
         )
 
 
 def run(spark: SparkSession, config: RecsConfig, paths: RunPaths) -> dict:
     # Extract
-    source = importers.read_source(spark, config.input_path, config.input_format)
+    source = importers.read_source(spark, config.input.path, config.input.format)
     # Transform
     products, product_quarantine = clean_products(source.products)
     products = products.cache()
@@ -209,8 +209,8 @@ def run(spark: SparkSession, config: RecsConfig, paths: RunPaths) -> dict:
     written_products = spark.read.parquet(paths.table("products")).count()
     written_events = spark.read.parquet(paths.table("events"))
     stats = {
-        "input_path": config.input_path,
-        "input_format": config.input_format,
+        "input_path": config.input.path,
+        "input_format": config.input.format,
         "input_schema": source.schema,
         "timestamps": source.timestamps,
         "products_in": source.products.count(),
@@ -229,10 +229,10 @@ def run(spark: SparkSession, config: RecsConfig, paths: RunPaths) -> dict:
         .where(F.col("reason").isNotNull()).groupBy("reason").count().collect()
     }
     if stats["products_out"] == 0:
-        raise ValueError(f"no valid products in {config.input_path}; see {paths.table('quarantine')}")
-    check_quarantine_share(stats, config.max_quarantine_share, config.input_path, paths.table("quarantine"))
+        raise ValueError(f"no valid products in {config.input.path}; see {paths.table('quarantine')}")
+    check_quarantine_share(stats, config.input.max_quarantine_share, config.input.path, paths.table("quarantine"))
     if stats["events_out"] == 0:
-        raise ValueError(f"no valid events in {config.input_path}; see {paths.table('quarantine')}")
+        raise ValueError(f"no valid events in {config.input.path}; see {paths.table('quarantine')}")
     check_enough_to_learn(written_events, stats, config)
     stats["exact_duplicates_dropped"] = (
         stats["products_in"] + stats["events_in"] + source.skipped.count()

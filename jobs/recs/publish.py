@@ -66,7 +66,7 @@ def gate_decision(metrics: pd.DataFrame | None, previous: dict | None, config: R
     baseline, and not much worse than the last published run OF THE SAME INPUT (`previous`:
     its version and NDCG; None when there is none). An operator's override lets one run
     through, on the record."""
-    k, tolerance = config.eval_k, config.gate_tolerance
+    k, tolerance = config.evaluation.eval_k, config.evaluation.gate_tolerance
     ndcg = published_ndcg(metrics)
     previous_ndcg = previous["ndcg"] if previous else None
     problems = []
@@ -92,14 +92,14 @@ def gate_decision(metrics: pd.DataFrame | None, previous: dict | None, config: R
                 else "no earlier published run of the same input to compare with")
     if not problems:
         message = f"passed (NDCG@{k} = {ndcg:.4f}; {compared})"
-    elif config.gate_override:
-        message = f"OVERRIDDEN by an operator ({config.gate_override_reason or 'no reason given'}): " + "; ".join(
-            problems
-        )
+    elif config.evaluation.gate_override:
+        reason = config.evaluation.gate_override_reason or "no reason given"
+        message = f"OVERRIDDEN by an operator ({reason}): " + "; ".join(problems)
     else:
         named = previous is not None and any(previous["version"] in problem for problem in problems)
         message = "; ".join(problems) + ("" if named else f" ({compared})")
-    return {"passed": not problems, "overridden": bool(problems) and config.gate_override, "message": message,
+    return {"passed": not problems, "overridden": bool(problems) and config.evaluation.gate_override,
+            "message": message,
             "ndcg": ndcg, "previous_ndcg": previous_ndcg, "compared_with": previous["version"] if previous else None}
 
 
@@ -113,7 +113,7 @@ def input_fingerprint(input_format: str, input_path: str, schema: str) -> str:
 def run_input(config: RecsConfig, stats: dict) -> dict:
     """The input the run's preprocess step read (its stats say; runtime.run_step records it),
     else this job's settings."""
-    return stats.get("preprocess", {}).get("input") or {"format": config.input_format, "path": config.input_path}
+    return stats.get("preprocess", {}).get("input") or {"format": config.input.format, "path": config.input.path}
 
 
 def run_input_fingerprint(config: RecsConfig, stats: dict, products: DataFrame, events: DataFrame) -> str:
@@ -185,7 +185,7 @@ def run_summary(
         "k": stats["cluster"]["k"],
         "silhouette": stats["cluster"]["silhouette"],
         "catalog_coverage": stats["recommend"]["catalog_coverage"],
-        f"ndcg_at_{config.eval_k}": gate["ndcg"],
+        f"ndcg_at_{config.evaluation.eval_k}": gate["ndcg"],
         "gate_passed": gate["passed"],
         "gate_overridden": gate["overridden"],
         "gate_message": gate["message"],
@@ -226,7 +226,7 @@ def clean_leftovers(spark: SparkSession, config: RecsConfig, paths: RunPaths, ke
     removed = [name for name in io.list_dir(spark, folder) if name not in complete and name not in keep]
     database = postgres.configured_database()
     if database is not None:
-        known, first = postgres.known_versions(database, config.database_schema)
+        known, first = postgres.known_versions(database, config.publish.database_schema)
         removed += [name for name, at in complete.items() if name not in known and name not in keep
                     and first is not None and datetime.fromisoformat(at) > first]
     for name in removed:
@@ -253,7 +253,7 @@ def prune_versions(spark: SparkSession, paths: RunPaths, keep: int, served: set[
 
 def served_by_database(config: RecsConfig) -> tuple[str, str] | None:
     database = postgres.configured_database()
-    return postgres.serving(database, config.database_schema) if database else None
+    return postgres.serving(database, config.publish.database_schema) if database else None
 
 
 def run(spark: SparkSession, config: RecsConfig, paths: RunPaths) -> dict:
@@ -284,7 +284,7 @@ def publish(spark: SparkSession, config: RecsConfig, paths: RunPaths, held) -> d
     fingerprint = run_input_fingerprint(config, stats, products, events)
     compared = previous_of_same_input(spark, paths, fingerprint)
     # Check: the tables' promises, then the quality gate; the report is written either way.
-    problems = check_tables(tables, events, config.top_n)
+    problems = check_tables(tables, events, config.recommender.top_n)
     gate = gate_decision(metrics, compared, config)
     log.info("publish gate: %s", gate["message"])
     page = build_report(stats, metrics, tables, gate, paths.run_id, config)
@@ -337,7 +337,7 @@ def finish(spark: SparkSession, config: RecsConfig, paths: RunPaths, held, versi
     """Switch the pointer to `version` (the database already serves it), then prune."""
     held.check()
     pointer = io.switch_pointer(spark, paths.published, version)
-    pruned = prune_versions(spark, paths, config.keep_versions, {version})
+    pruned = prune_versions(spark, paths, config.publish.keep_versions, {version})
     log.info("published version %s (pointer %s; previous: %s); pruned %s", version, pointer, previous, pruned)
     return {"version": version, "path": paths.published_version(version), "previous_version": previous,
             "pruned": pruned, **result}
@@ -357,7 +357,8 @@ def build_report(
 ) -> str:
     clusters = tables["product_clusters"]
     total = clusters.count()
-    sample = clusters if total <= REPORT_MAP_POINTS else clusters.sample(REPORT_MAP_POINTS / total, seed=config.seed)
+    sample = (clusters if total <= REPORT_MAP_POINTS
+              else clusters.sample(REPORT_MAP_POINTS / total, seed=config.runtime.seed))
     products = sample.select(
         "product_id", "cluster", "title", F.col("pca")[0].alias("x"), F.col("pca")[1].alias("y")
     ).toPandas()
@@ -368,7 +369,7 @@ def build_report(
         "run_id": run_id, "products": stats["preprocess"]["products_out"], "users": stats["recommend"]["users"],
         "events": stats["preprocess"]["events_out"],
         "quarantined_rows": sum(stats["preprocess"]["quarantine"].values()),
-        "k": stats["cluster"]["k"], "eval_k": config.eval_k,
+        "k": stats["cluster"]["k"], "eval_k": config.evaluation.eval_k,
         "protocol": stats.get("evaluate", {}).get("protocol", "no evaluation"),
     }
     return report.render(

@@ -164,6 +164,13 @@ def _read_json(path: str) -> dict | None:
         return None
 
 
+def override_reason(config: dict) -> str | None:
+    """The gate override's reason in a run's config_json: in the evaluation section since
+    the settings have sections, at the top level in the runs published before."""
+    reason = config.get("evaluation", {}).get("gate_override_reason") or config.get("gate_override_reason")
+    return reason or None
+
+
 def version_info(version: str, run_id: str, published_at, summary: dict | None, metrics: pd.DataFrame | None,
                  current: bool) -> dict:
     """What the versions list says of one version, from its run_summary row and run_metrics.
@@ -177,7 +184,7 @@ def version_info(version: str, run_id: str, published_at, summary: dict | None, 
     reason = None
     if overridden:
         try:
-            reason = json.loads(summary.get("config_json") or "{}").get("gate_override_reason") or None
+            reason = override_reason(json.loads(summary.get("config_json") or "{}"))
         except ValueError:
             reason = None
     return {
@@ -355,11 +362,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="auto (default): PostgreSQL when RECS_DATABASE_URL is set, else Parquet")
     args = parser.parse_args(argv)
     config = RecsConfig.load()  # also reads .env, where RECS_DATABASE_URL may be
-    data_root = args.data_root or config.data_root
+    data_root = args.data_root or config.input.data_root
     database = None if args.source == "parquet" else postgres.configured_database()
     if args.source == "postgres" and database is None:
         parser.error(f"--source postgres needs {postgres.URL_VARIABLE}")
-    schema = config.database_schema
+    schema = config.publish.database_schema
     pd.set_option("display.width", 200)
     try:
         if args.what in ("user", "similar") and not args.id:

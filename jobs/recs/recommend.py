@@ -133,18 +133,20 @@ def run(spark: SparkSession, config: RecsConfig, paths: RunPaths) -> dict:
     products = io.read_table(spark, paths.table("products"))
     embeddings = io.read_table(spark, paths.table("embeddings"))
     clusters = io.read_table(spark, paths.table("product_clusters")).select("product_id", "cluster").toPandas()
+    settings = config.recommender
     # Transform: the content neighbours are kept for the evaluation step too.
-    write_table(content_neighbours(spark, embeddings, config.neighbours_per_product), paths.table("content_neighbours"))
+    write_table(content_neighbours(spark, embeddings, settings.neighbours_per_product),
+                paths.table("content_neighbours"))
     content = spark.read.parquet(paths.table("content_neighbours"))
     index = catalog_index(products)
     model, tuning = tuned_model(events, index, content.toPandas(), clusters, config, protocol_for(spark, paths))
     # Read three times (user count, scoring, stats): aggregate the event log once.
-    history = scoring_history(user_item_weights(events, config)).cache()
-    recommendations = explain(score_users(spark, model, history, config.top_n, users_per_task(len(index))), products)
+    history = scoring_history(user_item_weights(events, settings)).cache()
+    recommendations = explain(score_users(spark, model, history, settings.top_n, users_per_task(len(index))), products)
     # Load
-    write_table(similar_products(content, config.top_n), paths.table("similar_products"))
+    write_table(similar_products(content, settings.top_n), paths.table("similar_products"))
     write_table(recommendations, paths.table("user_recommendations"))
-    write_table(spark.createDataFrame(popular_products(model, config.top_n)), paths.table("popular_products"))
+    write_table(spark.createDataFrame(popular_products(model, settings.top_n)), paths.table("popular_products"))
 
     written = spark.read.parquet(paths.table("user_recommendations"))
     personal = written.where(F.col("reason_product_id").isNotNull()).count()

@@ -27,7 +27,7 @@ def build_spark(app_name: str, config: RecsConfig) -> SparkSession:
     """The master and deploy mode come from spark-submit; only job-level settings here."""
     return (
         SparkSession.builder.appName(app_name)
-        .config("spark.sql.shuffle.partitions", str(config.shuffle_partitions))
+        .config("spark.sql.shuffle.partitions", str(config.runtime.shuffle_partitions))
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.parquet.compression.codec", "zstd")
         .getOrCreate()
@@ -54,17 +54,17 @@ def run_step(step_name: str, step: Step, argv: list[str] | None = None) -> None:
         log.error("%s", record["error"])
         _write_error_without_spark(args.run_id, record)
         sys.exit(2)
-    paths = RunPaths(config.data_root, safe_run_id(args.run_id))
+    paths = RunPaths(config.input.data_root, safe_run_id(args.run_id))
     spark = build_spark(f"recs-{step_name}", config)
     spark.sparkContext.setLogLevel("WARN")
     started = time.monotonic()
-    log.info("%s: run %s, data root %s", step_name, paths.run_id, config.data_root)
+    log.info("%s: run %s, data root %s", step_name, paths.run_id, config.input.data_root)
     try:
         stats = step(spark, config, paths) or {}
         stats["seconds"] = round(time.monotonic() - started, 1)
         # Which input the run read: publish compares runs of the same input (recs/publish.py),
         # also when it publishes an earlier run whose params it does not have.
-        stats.setdefault("input", {"format": config.input_format, "path": config.input_path})
+        stats.setdefault("input", {"format": config.input.format, "path": config.input.path})
         write_json(spark, paths.stats(step_name), stats)
         if exists(spark, paths.error(step_name)):  # a failed earlier try of this step
             delete(spark, paths.error(step_name))

@@ -241,10 +241,11 @@ def open_source(config: RecsConfig | None = None) -> Source:
     config = config or RecsConfig.load()
     database = postgres.configured_database()
     if database is not None:
-        log.info("serving from %s, schema %s", database.redacted_url, config.database_schema)
-        return PostgresSource(database, config.database_schema, config.data_root, config.serving_pool_size)
-    log.info("serving the Parquet tables under %s/published", config.data_root)
-    return ParquetSource(config.data_root)
+        log.info("serving from %s, schema %s", database.redacted_url, config.publish.database_schema)
+        return PostgresSource(database, config.publish.database_schema, config.input.data_root,
+                              config.serving.pool_size)
+    log.info("serving the Parquet tables under %s/published", config.input.data_root)
+    return ParquetSource(config.input.data_root)
 
 
 class LazySource:
@@ -359,8 +360,8 @@ def main(argv: list[str] | None = None) -> int:
 
     config = RecsConfig.load()
     parser = argparse.ArgumentParser(description="Serve the published recommendations over HTTP.")
-    parser.add_argument("--host", default=config.serving_host)
-    parser.add_argument("--port", type=int, default=config.serving_port)
+    parser.add_argument("--host", default=config.serving.host)
+    parser.add_argument("--port", type=int, default=config.serving.port)
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
     args = parser.parse_args(argv)

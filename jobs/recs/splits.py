@@ -100,11 +100,11 @@ def sampled_users(users, limit: int, seed: int) -> list[str]:
 def eval_set(split: Split, index: ItemIndex, config: RecsConfig, half_life_days: float | None = None) -> EvalSet:
     relevant = split.relevant[index.positions(split.relevant["product_id"]) >= 0]
     window_users = relevant["user_id"].nunique()
-    users = sampled_users(relevant["user_id"].unique(), config.eval_users, config.seed)
+    users = sampled_users(relevant["user_id"].unique(), config.evaluation.eval_users, config.runtime.seed)
     relevant = relevant[relevant["user_id"].isin(set(users))]
     spark = split.train.sparkSession
     wanted = spark.createDataFrame(pd.DataFrame({"user_id": users}, dtype=object), schema="user_id string")
-    user_items = recommender.user_item_weights(split.train, config, half_life_days)
+    user_items = recommender.user_item_weights(split.train, config.recommender, half_life_days)
     history = recommender.scoring_history(user_items.join(F.broadcast(wanted), "user_id")).toPandas()
     bought = history[history["purchased"]].assign(one=1.0)
     buyers = (

@@ -19,7 +19,7 @@ from pyspark.sql import DataFrame
 
 from recs import model as recommender
 from recs import scoring
-from recs.config import RecsConfig
+from recs.config import RecommenderSettings, RecsConfig
 from recs.scoring import Customers, ItemIndex, Model, Scores
 from recs.splits import EvalSet, eval_set, make_split
 
@@ -31,29 +31,29 @@ NEIGHBOUR_USERS = (100, 200, 400, 800)
 
 
 def tune_trend_half_life(
-    events: DataFrame, index: ItemIndex, evaluation: EvalSet, config: RecsConfig
+    events: DataFrame, index: ItemIndex, evaluation: EvalSet, settings: RecommenderSettings, k: int
 ) -> tuple[float, dict[float, np.ndarray]]:
-    """The half-life whose trending list ranks best on `evaluation` (the trending baseline)."""
-    trends = recommender.trend_vectors(events, index, TREND_HALF_LIVES, config)
+    """The half-life whose trending list ranks best at `k` on `evaluation` (the trending baseline)."""
+    trends = recommender.trend_vectors(events, index, TREND_HALF_LIVES, settings)
     scores = {
-        h: scoring.ndcg(scoring.top_k_popular(t, evaluation.excluded, config.eval_k), evaluation.relevant)
+        h: scoring.ndcg(scoring.top_k_popular(t, evaluation.excluded, k), evaluation.relevant)
         for h, t in trends.items()
     }
     return max(scores, key=scores.get), trends
 
 
 def tune_neighbours(
-    events: DataFrame, index: ItemIndex, evaluation: EvalSet, config: RecsConfig
-) -> tuple[RecsConfig, Customers]:
-    """`config` with the half-life and the number of similar customers whose
-    "neighbours" signal alone ranks best on `evaluation`, and those customers.
+    events: DataFrame, index: ItemIndex, evaluation: EvalSet, settings: RecommenderSettings, k: int
+) -> tuple[RecommenderSettings, Customers]:
+    """`settings` with the half-life and the number of similar customers whose
+    "neighbours" signal alone ranks best at `k` on `evaluation`, and those customers.
 
     Who is similar to whom does not depend on the half-life (it only weighs what they
     bought): the similarities are computed once, for the largest number of customers,
     and each smaller number keeps its nearest of those."""
-    half_lives = sorted({config.neighbour_half_life_days, *NEIGHBOUR_HALF_LIVES})
-    sizes = sorted({config.neighbour_users, *NEIGHBOUR_USERS})
-    profiles = recommender.customer_profiles_by_half_life(events, index, config, half_lives)
+    half_lives = sorted({settings.neighbour_half_life_days, *NEIGHBOUR_HALF_LIVES})
+    sizes = sorted({settings.neighbour_users, *NEIGHBOUR_USERS})
+    profiles = recommender.customer_profiles_by_half_life(events, index, settings, half_lives)
     # (The longest half-life's profiles: the least likely to lose a very old purchase to underflow.)
     nearest_of_all = scoring.nearest_customers(profiles[half_lives[-1]], evaluation.users, sizes[-1])
     results = {}
@@ -62,10 +62,10 @@ def tune_neighbours(
         for half_life in half_lives:
             customers = dataclasses.replace(profiles[half_life], neighbours=users)
             scores = scoring.neighbour_scores(customers, evaluation.users, len(index), nearest)
-            top = scoring.top_k(scores, evaluation.excluded, config.eval_k)[0]
+            top = scoring.top_k(scores, evaluation.excluded, k)[0]
             results[half_life, users] = (scoring.ndcg(top, evaluation.relevant), customers)
     half_life, users = max(results, key=lambda key: (results[key][0], -key[0], -key[1]))
-    tuned = dataclasses.replace(config, neighbour_half_life_days=half_life, neighbour_users=users)
+    tuned = dataclasses.replace(settings, neighbour_half_life_days=half_life, neighbour_users=users)
     return tuned, results[half_life, users][1]
 
 
@@ -73,20 +73,20 @@ def tune_neighbours(
 class TimeSettings:
     """What validation chose for the time signals (the configured values when it could not)."""
 
-    config: RecsConfig  # with the chosen neighbour_users and neighbour_half_life_days
+    settings: RecommenderSettings  # with the chosen neighbour_users and neighbour_half_life_days
     trend_half_life_days: float
     customers: Customers | None  # the chosen similar customers, counted on the validation train part
 
 
 def tune_time_settings(
-    train: DataFrame, index: ItemIndex, validation: EvalSet, config: RecsConfig
+    train: DataFrame, index: ItemIndex, validation: EvalSet, settings: RecommenderSettings, k: int
 ) -> TimeSettings:
-    """The trending half-life and the similar customers, chosen on `validation`
+    """The trending half-life and the similar customers, chosen at `k` on `validation`
     (whose history is `train`); the configured ones without validation users."""
     if not validation.users:
-        return TimeSettings(config, config.trend_half_life_days, None)
-    half_life, _ = tune_trend_half_life(train, index, validation, config)
-    tuned, customers = tune_neighbours(train, index, validation, config)
+        return TimeSettings(settings, settings.trend_half_life_days, None)
+    half_life, _ = tune_trend_half_life(train, index, validation, settings, k)
+    tuned, customers = tune_neighbours(train, index, validation, settings, k)
     return TimeSettings(tuned, half_life, customers)
 
 
@@ -106,29 +106,33 @@ def tuned_model(
     protocol: str,
 ) -> tuple[Model, dict]:
     """Choose the blend weights, the trend half-life and the similar customers on a
-    validation split carved from `events`, then fit on all of `events` with them."""
-    if not config.tune_weights:
-        return recommender.fit_model(events, index, content, clusters, config), {"tuned": False}
-    validation = make_split(events, protocol, config.eval_days)
+    validation split carved from `events`, then fit on all of `events` with them.
+
+    Takes the whole configuration, unlike the functions above: the split and its
+    evaluation set come from the evaluation settings (and the seed); the model gets
+    the recommender's settings only."""
+    settings, k = config.recommender, config.evaluation.eval_k
+    if not settings.tune_weights:
+        return recommender.fit_model(events, index, content, clusters, settings), {"tuned": False}
+    validation = make_split(events, protocol, config.evaluation.eval_days)
     validation_set = eval_set(validation, index, config) if not validation.relevant.empty else None
     if validation_set is None or not validation_set.users:
         log.warning("no validation users: using the configured weights")
-        return recommender.fit_model(events, index, content, clusters, config), {"tuned": False}
-    settings = tune_time_settings(validation.train, index, validation_set, config)
-    config, half_life = settings.config, settings.trend_half_life_days
+        return recommender.fit_model(events, index, content, clusters, settings), {"tuned": False}
+    chosen = tune_time_settings(validation.train, index, validation_set, settings, k)
+    settings, half_life = chosen.settings, chosen.trend_half_life_days
     validation_model = recommender.fit_model(
-        validation.train, index, content, clusters, config, trend_half_life_days=half_life,
-        customers=settings.customers,
+        validation.train, index, content, clusters, settings, trend_half_life_days=half_life,
+        customers=chosen.customers,
     )
-    scores = scoring.signal_scores(validation_model, validation_set.history, validation_set.users,
-                                       config.eval_k)
-    weights, validation_ndcg = tune(scores, validation_set, recommender.default_weights(config), config.eval_k)
+    scores = scoring.signal_scores(validation_model, validation_set.history, validation_set.users, k)
+    weights, validation_ndcg = tune(scores, validation_set, recommender.default_weights(settings), k)
     log.info("tuned on %d validation users: weights %s, trend half-life %s days, %d similar customers with a "
              "half-life of %s days, NDCG@%d %.4f", len(validation_set.users), weights, half_life,
-             config.neighbour_users, config.neighbour_half_life_days, config.eval_k, validation_ndcg)
-    model = recommender.fit_model(events, index, content, clusters, config, weights, half_life)
+             settings.neighbour_users, settings.neighbour_half_life_days, k, validation_ndcg)
+    model = recommender.fit_model(events, index, content, clusters, settings, weights, half_life)
     return model, {
         "tuned": True, "weights": weights, "trend_half_life_days": half_life,
-        "neighbour_half_life_days": config.neighbour_half_life_days, "neighbour_users": config.neighbour_users,
+        "neighbour_half_life_days": settings.neighbour_half_life_days, "neighbour_users": settings.neighbour_users,
         "validation_ndcg": validation_ndcg, "validation_users": len(validation_set.users),
     }

@@ -134,10 +134,10 @@ def alert_notifiers(config: RecsConfig | None = None, environ: dict[str, str] | 
     config = config or RecsConfig.load()
     environ = os.environ if environ is None else environ
     notifiers: list[BaseNotifier] = []
-    recipients = [address.strip() for address in config.alert_email_to.split(",") if address.strip()]
+    recipients = [address.strip() for address in config.serving.alert_email_to.split(",") if address.strip()]
     if recipients:
-        notifiers.append(RecsEmailNotifier(to=recipients, from_email=config.alert_email_from or None,
-                                           smtp_conn_id=config.alert_smtp_conn_id))
+        notifiers.append(RecsEmailNotifier(to=recipients, from_email=config.serving.alert_email_from or None,
+                                           smtp_conn_id=config.serving.alert_smtp_conn_id))
     if environ.get(WEBHOOK_VARIABLE, "").strip():
         notifiers.append(WebhookNotifier())
     return notifiers

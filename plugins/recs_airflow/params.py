@@ -9,11 +9,9 @@ form and that check read the same list.
 
 from __future__ import annotations
 
-import dataclasses
-
 from airflow.sdk import Param
 
-from recs.config import DAG_PARAMS, RecsConfig
+from recs.config import DAG_PARAMS, RecsConfig, setting_type
 
 # JSON Schema types of the settings' Python types.
 _SCHEMA_TYPES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}
@@ -21,8 +19,7 @@ _SCHEMA_TYPES = {"str": "string", "int": "integer", "float": "number", "bool": "
 
 def dag_params(config: RecsConfig | None = None) -> dict[str, Param]:
     config = config or RecsConfig.load()
-    kinds = {f.name: f.type if isinstance(f.type, str) else f.type.__name__ for f in dataclasses.fields(config)}
     return {
-        name: Param(getattr(config, name), type=_SCHEMA_TYPES[kinds[name]], **schema)
+        name: Param(config.value(name), type=_SCHEMA_TYPES[setting_type(name)], **schema)
         for name, schema in DAG_PARAMS.items()
     }

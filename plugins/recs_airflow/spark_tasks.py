@@ -68,8 +68,8 @@ def local_driver_memory(config: RecsConfig, total_bytes: int | None = None) -> t
         import psutil
 
         total_bytes = psutil.virtual_memory().total
-    heap = config.driver_memory or f"{min(16 * 1024, max(1024, total_bytes // 4 // MIB))}m"
-    return heap, config.driver_max_result_size or f"{max(1, _mebibytes(heap) // 2)}m"
+    heap = config.runtime.driver_memory or f"{min(16 * 1024, max(1024, total_bytes // 4 // MIB))}m"
+    return heap, config.runtime.driver_max_result_size or f"{max(1, _mebibytes(heap) // 2)}m"
 
 
 def _mebibytes(size: str) -> int:
@@ -197,7 +197,7 @@ class RecsSparkSubmitOperator(SparkSubmitOperator):
     def error_record(self, since: float) -> dict | None:
         """The record the job wrote for this try (local data roots; elsewhere the log says it)."""
         try:
-            root = RecsConfig.load().data_root
+            root = RecsConfig.load().input.data_root
             args = [str(arg) for arg in self.application_args]
             run_id = safe_run_id(args[args.index("--run-id") + 1])
         except ValueError:  # a bad setting: the job's own exit says it
@@ -243,7 +243,7 @@ def spark_step(step: str, **kwargs) -> RecsSparkSubmitOperator:
 
 def published_asset(config: RecsConfig) -> Asset:
     """The Asset the publish task updates: the `published/` folder of the data root."""
-    root = config.data_root.rstrip("/")
+    root = config.input.data_root.rstrip("/")
     uri = f"{root}/published" if "://" in root else f"file://{root}/published"
     # Named by its URI: Airflow refuses one asset name for two URIs, and each data root
     # (a shop, a test) publishes its own tables.

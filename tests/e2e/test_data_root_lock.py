@@ -33,7 +33,7 @@ def embed(package: Path, data_root: Path, run_id: str, server: FakeOpenAIServer,
     folder.mkdir(parents=True)
     products.to_parquet(folder / "part-00000.parquet", index=False)
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
-           "RECS_DATA_ROOT": str(data_root), "EMBEDDING_BACKEND": "openai", "EMBEDDING_DIMENSIONS": "8",
+           "RECS_DATA_ROOT": str(data_root), "RECS_EMBEDDING_BACKEND": "openai", "RECS_EMBEDDING_DIMENSIONS": "8",
            "OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": server.url, "RECS_DATABASE_URL": "",
            "RECS_LOCK_WAIT_SECONDS": "600"}
     command = [str(Path(sys.executable).parent / "spark-submit"), "--master", "local[1]",

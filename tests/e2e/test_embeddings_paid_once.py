@@ -81,12 +81,12 @@ def job_env(data_root: Path, server: FakeOpenAIServer, **settings: str) -> dict[
             "PYSPARK_PYTHON": sys.executable,
             "PYSPARK_DRIVER_PYTHON": sys.executable,
             "RECS_DATA_ROOT": str(data_root),
-            "EMBEDDING_BACKEND": "openai",
-            "EMBEDDING_DIMENSIONS": str(DIMENSIONS),
+            "RECS_EMBEDDING_BACKEND": "openai",
+            "RECS_EMBEDDING_DIMENSIONS": str(DIMENSIONS),
             "OPENAI_API_KEY": KEY,
             "OPENAI_BASE_URL": server.url,
-            "OPENAI_TIMEOUT_SECONDS": "3",
-            "OPENAI_MAX_RETRIES": "6",
+            "RECS_OPENAI_TIMEOUT_SECONDS": "3",
+            "RECS_OPENAI_MAX_RETRIES": "6",
             "HF_HUB_OFFLINE": "1",
         }
     )
@@ -228,7 +228,7 @@ def test_a_killed_job_resumes_from_the_cache(tmp_path, fake, package_zip):
     products = catalog(60)
     write_products(data_root, "run1", products)
     write_products(data_root, "run2", products)
-    env = job_env(data_root, fake, EMBEDDING_CHUNK_SIZE="10", OPENAI_TIMEOUT_SECONDS="20")
+    env = job_env(data_root, fake, RECS_EMBEDDING_CHUNK_SIZE="10", RECS_OPENAI_TIMEOUT_SECONDS="20")
     hold = HoldAfterFirstChunk(data_root / "embedding_cache" / SPACE_FOLDER)
     fake.reject_inputs(hold)
 
@@ -254,7 +254,8 @@ def test_a_killed_job_resumes_from_the_cache(tmp_path, fake, package_zip):
     assert 2 <= committed < 60
     # Everything paid for before the kill was committed: nothing to pay again.
     assert len(first_run) == committed
-    returncode, log = run_embed(package_zip, data_root, "run2", job_env(data_root, fake, EMBEDDING_CHUNK_SIZE="10"))
+    env = job_env(data_root, fake, RECS_EMBEDDING_CHUNK_SIZE="10")
+    returncode, log = run_embed(package_zip, data_root, "run2", env)
     assert returncode == 0, log[-3000:]
     stats = stats_of(data_root, "run2")
     assert (stats["cache_hits"], stats["texts_embedded"]) == (committed, 60 - committed)

@@ -37,7 +37,7 @@ def test_dag_publishes_online_retail_with_openai_embeddings_and_keeps_the_key_se
     conf = {"input_path": str(ONLINE_RETAIL), "input_format": "online_retail", "top_n": TOP_N,
             "embedding_backend": "openai"}
     with FakeOpenAIServer(api_key=KEY) as fake, CommandLineWatch(KEY) as watch:
-        env = {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": fake.url, "EMBEDDING_DIMENSIONS": str(DIMENSIONS)}
+        env = {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": fake.url, "RECS_EMBEDDING_DIMENSIONS": str(DIMENSIONS)}
         run_id, state = run_dag(data_root, conf, env)
     assert state == "success"
 

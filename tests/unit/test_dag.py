@@ -77,9 +77,9 @@ def test_every_task_and_the_run_have_timeouts(dag):
     from recs.config import RecsConfig
 
     config = RecsConfig.load()
-    assert dag.dagrun_timeout == timedelta(minutes=config.dag_run_timeout_minutes)
+    assert dag.dagrun_timeout == timedelta(minutes=config.runtime.dag_run_timeout_minutes)
     for task in dag.tasks:
-        assert task.execution_timeout == timedelta(minutes=config.task_timeout_minutes), task.task_id
+        assert task.execution_timeout == timedelta(minutes=config.runtime.task_timeout_minutes), task.task_id
 
 
 def test_the_form_holds_exactly_what_a_run_may_set(dag):

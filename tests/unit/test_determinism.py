@@ -76,7 +76,7 @@ def test_a_cold_and_a_warm_embedding_cache_give_the_same_tables(spark, tmp_path)
     data_root = tmp_path / "data"
     settings = RecsConfig.load(environ={
         "RECS_DATA_ROOT": str(data_root), "RECS_INPUT": str(shop), "RECS_INPUT_FORMAT": "contract",
-        "EMBEDDING_BACKEND": "hashing", "RECS_K_MIN": "3", "RECS_K_MAX": "7", "RECS_PCA_DIMENSIONS": "8",
+        "RECS_EMBEDDING_BACKEND": "hashing", "RECS_K_MIN": "3", "RECS_K_MAX": "7", "RECS_PCA_DIMENSIONS": "8",
         # The weights' tuning (minutes of small Spark jobs) reads no embedding but through the
         # content signal, which is compared below.
         "RECS_TUNE_WEIGHTS": "false"})

@@ -27,7 +27,7 @@ def fake(monkeypatch):
 
 def test_unknown_model_size_is_learnt_once_and_its_text_cached(spark, tmp_path, fake):
     # Two products sharing one text: the driver's one call embeds all there is, no Spark task needed.
-    config = RecsConfig(data_root=str(tmp_path), embedding_backend="openai", embedding_model=MODEL)
+    config = RecsConfig.from_settings(dict(data_root=str(tmp_path), embedding_backend="openai", embedding_model=MODEL))
     rows = [("P1", "Brass desk lamp"), ("P2", "Brass desk lamp")]
     products = spark.createDataFrame(rows, "product_id string, text string")
     first = RunPaths(str(tmp_path), "r1")

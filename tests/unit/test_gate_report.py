@@ -5,8 +5,10 @@ from __future__ import annotations
 import pandas as pd
 
 from recs import report
-from recs.config import RecsConfig
+from recs.config import EvaluationSettings, RecsConfig
 from recs.publish import gate_decision, input_fingerprint, run_input_fingerprint
+
+TOLERANT = RecsConfig(evaluation=EvaluationSettings(gate_tolerance=0.1))
 
 
 def metrics(published: float, popular: float = 0.05) -> pd.DataFrame:
@@ -39,21 +41,21 @@ def test_gate_blocks_a_shuffled_run_below_most_popular_and_names_the_numbers():
 
 def test_gate_blocks_a_run_far_below_the_best_baseline():
     # ease (0.09) is the best baseline: 0.08 is more than 10% below it, 0.085 is not.
-    decision = gate_decision(metrics(0.08), None, config=RecsConfig(gate_tolerance=0.1))
+    decision = gate_decision(metrics(0.08), None, config=TOLERANT)
     assert not decision["passed"]
     assert "best baseline's (ease) 0.0900 (threshold 0.0810)" in decision["message"]
-    assert gate_decision(metrics(0.085), None, config=RecsConfig(gate_tolerance=0.1))["passed"]
+    assert gate_decision(metrics(0.085), None, config=TOLERANT)["passed"]
 
 
 def test_gate_blocks_a_drop_beyond_the_tolerance_from_the_last_published_run_of_the_same_input():
-    decision = gate_decision(metrics(0.10), last(0.12), config=RecsConfig(gate_tolerance=0.1))
+    decision = gate_decision(metrics(0.10), last(0.12), config=TOLERANT)
     assert not decision["passed"]
     assert "below the last published run of the same input (run-1: 0.1200, threshold 0.1080)" in decision["message"]
-    assert gate_decision(metrics(0.11), last(0.12), config=RecsConfig(gate_tolerance=0.1))["passed"]
+    assert gate_decision(metrics(0.11), last(0.12), config=TOLERANT)["passed"]
 
 
 def test_override_lets_one_run_through_on_the_record():
-    config = RecsConfig(gate_override=True, gate_override_reason="catalog migration")
+    config = RecsConfig(evaluation=EvaluationSettings(gate_override=True, gate_override_reason="catalog migration"))
     decision = gate_decision(metrics(0.01), None, config=config)
     assert not decision["passed"] and decision["overridden"]
     assert "OVERRIDDEN" in decision["message"] and "catalog migration" in decision["message"]

@@ -20,7 +20,7 @@ URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 def config(tmp_path, **more) -> RecsConfig:
-    return RecsConfig(data_root=str(tmp_path), lock_wait_seconds=1.5, **more)
+    return RecsConfig.from_settings(dict(data_root=str(tmp_path), lock_wait_seconds=1.5, **more))
 
 
 def test_a_lease_file_has_one_holder_and_names_it(tmp_path, monkeypatch):

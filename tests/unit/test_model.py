@@ -104,15 +104,15 @@ def test_no_leakage_from_the_test_window(spark):
         rows.append((f"u{u}", "X", "purchase", 1, start + timedelta(days=100)))
     rows.append(("u0", "p7", "purchase", 1, start + timedelta(days=101)))
     events = spark.createDataFrame(events_frame(rows))
-    config = RecsConfig(eval_days=30, k_min=2, neighbours_per_product=5, top_n=3, eval_k=3)
-    split = time_split(events, config.eval_days)
+    config = RecsConfig.from_settings(dict(eval_days=30, k_min=2, neighbours_per_product=5, top_n=3, eval_k=3))
+    split = time_split(events, config.evaluation.eval_days)
     assert split.train.where("product_id = 'X'").count() == 0
     assert set(split.relevant["product_id"]) == {"X", "p7"}
 
     index = scoring.ItemIndex(np.array(["X", "p1", "p2", "p3", "p4", "p5", "p6", "p7"]))
     content = pd.DataFrame({"product_id": ["p1"], "neighbour_id": ["X"], "score": [0.9]})
     clusters = pd.DataFrame({"product_id": index.ids, "cluster": [0, 0, 0, 0, 1, 1, 1, 1]})
-    fitted = model.fit_model(split.train, index, content, clusters, config)
+    fitted = model.fit_model(split.train, index, content, clusters, config.recommender)
     x = index.positions(["X"])[0]
     assert fitted.trend[x] == 0
     for name in ("covisit", "ease", "next"):
@@ -121,7 +121,7 @@ def test_no_leakage_from_the_test_window(spark):
     test = eval_set(split, index, config)
     assert test.buyers[x] == 0
     # Only text (known before the cutoff) may point at X; behaviour and popularity may not.
-    scores = scoring.signal_scores(fitted, test.history, test.users, config.eval_k)
+    scores = scoring.signal_scores(fitted, test.history, test.users, config.evaluation.eval_k)
     for name in ("covisit", "ease", "next", "neighbours", "trend"):
         assert not scores[name][scores.positions == x].any(), name
     assert fitted.customers.recent[:, x].nnz == 0
@@ -197,11 +197,11 @@ def test_tune_neighbours_returns_the_customers_of_the_chosen_settings(spark):
             rows.append((user, own, "purchase", 1, start + timedelta(days=40 + pair)))
             rows.append((user, later, "purchase", 1, start + timedelta(days=100)))
     events = spark.createDataFrame(events_frame(rows))
-    config = RecsConfig(eval_days=30, eval_k=3, neighbour_users=50, neighbour_half_life_days=5.0)
-    split = time_split(events, config.eval_days)
+    config = RecsConfig.from_settings(dict(eval_days=30, eval_k=3, neighbour_users=50, neighbour_half_life_days=5.0))
+    split = time_split(events, config.evaluation.eval_days)
     index = scoring.ItemIndex(np.array(sorted({row[1] for row in rows})))
     evaluation = eval_set(split, index, config)
-    tuned, customers = tuning.tune_neighbours(split.train, index, evaluation, config)
+    tuned, customers = tuning.tune_neighbours(split.train, index, evaluation, config.recommender, 3)
     assert tuned.neighbour_half_life_days in {5.0, *tuning.NEIGHBOUR_HALF_LIVES}
     assert tuned.neighbour_users in {50, *tuning.NEIGHBOUR_USERS}
     assert customers.neighbours == tuned.neighbour_users

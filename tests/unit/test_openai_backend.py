@@ -41,7 +41,7 @@ def make_backend(**settings) -> OpenAIBackend:
         "openai_max_retries": 3,
         "openai_concurrency": 4,
     }
-    return OpenAIBackend.from_config(RecsConfig(**{**defaults, **settings}))
+    return OpenAIBackend.from_settings(RecsConfig.from_settings({**defaults, **settings}).embedding)
 
 
 def product_texts(count: int, prefix: str = "Product") -> list[str]:

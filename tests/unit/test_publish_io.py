@@ -145,7 +145,8 @@ def test_pruning_and_cleaning_never_touch_a_served_version(spark, tmp_path, monk
     (tmp_path / "published" / ".CURRENT.abc.tmp").write_text("v4\n")
     from recs.config import RecsConfig
 
-    removed = clean_leftovers(spark, RecsConfig(data_root=str(tmp_path)), paths, {"served-elsewhere"})
+    config = RecsConfig.from_settings({"data_root": str(tmp_path)})
+    removed = clean_leftovers(spark, config, paths, {"served-elsewhere"})
     assert sorted(removed) == [".CURRENT.abc.tmp", "half-written"]
     # keep=1: the newest besides the served ones stays; v1, the oldest, is served (a rollback).
     assert prune_versions(spark, paths, 1, {"v1", "v4"}) == ["v2"]

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy import sparse
 
-from recs.config import RecsConfig
+from recs.config import RecommenderSettings
 from recs.model import (
     count_pairs,
     covisit_edges,
@@ -44,7 +44,7 @@ EVENTS_SCHEMA = "user_id string, product_id string, event_type string, quantity 
 def test_user_item_weights_type_weights_and_half_life(spark):
     from pyspark.sql import functions as F
 
-    config = RecsConfig(view_weight=1.0, cart_weight=3.0, purchase_weight=5.0, recency_half_life_days=10.0)
+    settings = RecommenderSettings(view_weight=1.0, cart_weight=3.0, purchase_weight=5.0, recency_half_life_days=10.0)
     events = spark.createDataFrame(
         [
             ("U1", "P1", "purchase", 1, NOW),  # the newest event: age 0
@@ -56,7 +56,7 @@ def test_user_item_weights_type_weights_and_half_life(spark):
     )
     rows = {
         (r["user_id"], r["product_id"]): r
-        for r in user_item_weights(events, config).withColumn("last_epoch", F.col("last_ts").cast("double")).collect()
+        for r in user_item_weights(events, settings).withColumn("last_epoch", F.col("last_ts").cast("double")).collect()
     }
     assert sorted(rows) == [("U1", "P1"), ("U1", "P2"), ("U2", "P2")]
     assert rows["U1", "P1"]["weight"] == pytest.approx(5.0 + 1.0 * 0.5)
@@ -68,7 +68,7 @@ def test_user_item_weights_type_weights_and_half_life(spark):
     assert rows["U2", "P2"]["last_epoch"] == (NOW - timedelta(days=5)).timestamp()
 
     # An explicit half-life wins over the configured one: 20 days makes 10 days old count 0.5 ** 0.5.
-    slower = {(r["user_id"], r["product_id"]): r["weight"] for r in user_item_weights(events, config, 20.0).collect()}
+    slower = {(r["user_id"], r["product_id"]): r["weight"] for r in user_item_weights(events, settings, 20.0).collect()}
     assert slower["U1", "P1"] == pytest.approx(5.0 + 0.5**0.5)
     assert slower["U1", "P2"] == pytest.approx(3.0 * 0.5)
 
@@ -205,13 +205,13 @@ def test_the_driver_receives_at_most_k_neighbours_per_product(spark):
     events = spark.createDataFrame(
         [(u, p, "purchase", 1, NOW + timedelta(minutes=m)) for u, p, m in rows], EVENTS_SCHEMA)
     index = ItemIndex(np.array(sorted({p for _, p, _ in rows})))
-    config = RecsConfig(neighbours_per_product=2, next_window=3, ease_max_items=5)
-    counts = count_pairs(events, index, config)
+    settings = RecommenderSettings(neighbours_per_product=2, next_window=3, ease_max_items=5)
+    counts = count_pairs(events, index, settings)
     for matrix in (counts.covisit, counts.transitions):
         assert np.diff(matrix.indptr).max() == 2
     assert len(set(counts.ease.nonzero()[0])) == 5 and len(set(counts.ease.nonzero()[1])) == 5
     # Counted by catalog position, the same as by id: the Spark functions on the ids.
-    history = recent_history(user_item_weights(events, config), config.max_history_for_pairs)
+    history = recent_history(user_item_weights(events, settings), settings.max_history_for_pairs)
     by_id = pairs_to_matrix(covisit_edges(history, 2).toPandas(), index, "score").toarray()
     np.testing.assert_allclose(counts.covisit.toarray(), by_id, atol=1e-12)
     by_id = pairs_to_matrix(ease_counts(history, 5).toPandas(), index, "both").toarray()
@@ -415,8 +415,8 @@ def test_popular_products_and_users_per_task():
 
 
 def test_customer_profiles_from_events(spark):
-    config = RecsConfig(purchase_weight=5.0, view_weight=1.0, neighbour_half_life_days=7.0, neighbour_users=3,
-                        max_history_for_pairs=2)
+    settings = RecommenderSettings(purchase_weight=5.0, view_weight=1.0, neighbour_half_life_days=7.0,
+                                   neighbour_users=3, max_history_for_pairs=2)
     events = spark.createDataFrame(
         [
             ("U1", "P1", "purchase", 1, NOW),
@@ -426,7 +426,7 @@ def test_customer_profiles_from_events(spark):
         ],
         EVENTS_SCHEMA,
     )
-    customers = customer_profiles(events, ItemIndex(np.array(IDS)), config)
+    customers = customer_profiles(events, ItemIndex(np.array(IDS)), settings)
     assert list(customers.index.ids) == ["U1", "U2"] and customers.neighbours == 3
     np.testing.assert_allclose(customers.recent.toarray(), [[5.0, 2.5, 0, 0, 0], [0, 0, 0.25, 0, 0]])
     np.testing.assert_allclose(customers.profiles.toarray(), [[0.5**0.5, 0.5**0.5, 0, 0, 0], [0, 0, 1.0, 0, 0]])

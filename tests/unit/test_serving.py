@@ -128,3 +128,13 @@ def test_an_answer_naming_two_versions_is_refused():
         serving._one_version([{"version": "a", "title_version": "b"}])
     with pytest.raises(serving.MixedVersions):
         serving._one_version([{"version": "a"}, {"version": "b"}])
+
+
+def test_the_override_reason_is_read_from_the_sections_and_from_older_flat_configs():
+    from recs.config import EvaluationSettings, RecsConfig
+    from recs.reader import override_reason
+
+    config = RecsConfig(evaluation=EvaluationSettings(gate_override=True, gate_override_reason="holiday data"))
+    assert override_reason(json.loads(config.to_json())) == "holiday data"
+    assert override_reason({"gate_override_reason": "published before the sections"}) == "published before the sections"
+    assert override_reason(json.loads(RecsConfig().to_json())) is None

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from recs.config import RecsConfig
+from recs.config import RecsConfig, RuntimeSettings
 from recs_airflow import spark_tasks
 
 GIB = 2**30
@@ -19,11 +19,12 @@ def test_driver_memory_is_a_capped_quarter_of_the_machine():
 
 
 def test_settings_override_the_derived_sizes():
-    config = RecsConfig(driver_memory="3g", driver_max_result_size="256m")
+    config = RecsConfig(runtime=RuntimeSettings(driver_memory="3g", driver_max_result_size="256m"))
     assert spark_tasks.local_driver_memory(config, 24 * GIB) == ("3g", "256m")
-    assert spark_tasks.local_driver_memory(RecsConfig(driver_memory="2g"), 24 * GIB) == ("2g", "1024m")
+    only_heap = RecsConfig(runtime=RuntimeSettings(driver_memory="2g"))
+    assert spark_tasks.local_driver_memory(only_heap, 24 * GIB) == ("2g", "1024m")
     with pytest.raises(ValueError, match="driver_memory"):
-        RecsConfig(driver_memory="lots")
+        RuntimeSettings(driver_memory="lots")
 
 
 def submit_command(monkeypatch, connection: dict, **env) -> list[str]:

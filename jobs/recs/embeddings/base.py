@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from recs.config import RecsConfig
+from recs.config import EmbeddingSettings
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class EmbeddingBackend(ABC):
         return {}
 
     def worker_settings(self) -> dict:
-        """Settings Spark's workers need to build this same backend (choices made on the driver)."""
+        """EmbeddingSettings fields Spark's workers need to build this same backend (choices made on the driver)."""
         return {}
 
 
@@ -51,32 +51,32 @@ def normalise_rows(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.where(norms == 0, 1, norms)
 
 
-def resolve_backend_name(config: RecsConfig, environ: Mapping[str, str] | None = None) -> tuple[str, str]:
+def resolve_backend_name(settings: EmbeddingSettings, environ: Mapping[str, str] | None = None) -> tuple[str, str]:
     """The backend to use and why (`auto`: OpenAI when a key is set, else the local model)."""
     environ = os.environ if environ is None else environ
-    if config.embedding_backend != "auto":
-        return config.embedding_backend, f"EMBEDDING_BACKEND={config.embedding_backend}"
+    if settings.backend != "auto":
+        return settings.backend, f"RECS_EMBEDDING_BACKEND={settings.backend}"
     if environ.get("OPENAI_API_KEY"):
         return "openai", "auto: OPENAI_API_KEY is set"
     return "local", "auto: no OPENAI_API_KEY, using the offline model"
 
 
-def create_backend(name: str, config: RecsConfig) -> EmbeddingBackend:
+def create_backend(name: str, settings: EmbeddingSettings) -> EmbeddingBackend:
     if name == "hashing":
         from recs.embeddings.hashing import HashingBackend
 
-        return HashingBackend(config.hashing_dimensions)
+        return HashingBackend(settings.hashing_dimensions)
     if name == "local":
         from recs.embeddings.local import LocalBackend
 
         return LocalBackend(
-            config.embedding_model or None,
-            config.embedding_batch_size,
-            runtime=config.embedding_local_runtime,
-            cache_dir=config.model_cache_dir,
+            settings.model or None,
+            settings.batch_size,
+            runtime=settings.local_runtime,
+            cache_dir=settings.model_cache_dir,
         )
     if name == "openai":
         from recs.embeddings.openai_backend import OpenAIBackend
 
-        return OpenAIBackend.from_config(config)
+        return OpenAIBackend.from_settings(settings)
     raise ValueError(f"unknown embedding backend {name!r}")

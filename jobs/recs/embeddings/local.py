@@ -124,7 +124,7 @@ class LocalBackend(EmbeddingBackend):
 
     def worker_settings(self) -> dict:
         # Workers must build the runtime the driver chose: it names the cache space.
-        return {"embedding_local_runtime": self.runtime}
+        return {"local_runtime": self.runtime}
 
     def stats(self) -> dict[str, float]:
         """Model calls (batches) and texts embedded in this process."""

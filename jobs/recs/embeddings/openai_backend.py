@@ -32,7 +32,7 @@ import numpy as np
 import openai
 import tiktoken
 
-from recs.config import RecsConfig
+from recs.config import EmbeddingSettings
 from recs.embeddings.base import EmbeddingBackend, normalise_rows
 
 log = logging.getLogger(__name__)
@@ -135,15 +135,15 @@ class OpenAIBackend(EmbeddingBackend):
         )
 
     @classmethod
-    def from_config(cls, config: RecsConfig) -> OpenAIBackend:
+    def from_settings(cls, settings: EmbeddingSettings) -> OpenAIBackend:
         return cls(
             api_key=os.environ.get("OPENAI_API_KEY", "").strip(),
-            model=config.embedding_model or DEFAULT_MODEL,
-            dimensions=config.embedding_dimensions,
-            concurrency=config.openai_concurrency,
-            timeout_seconds=config.openai_timeout_seconds,
-            max_retries=config.openai_max_retries,
-            price_per_million_tokens=config.embedding_price_per_million_tokens,
+            model=settings.model or DEFAULT_MODEL,
+            dimensions=settings.dimensions,
+            concurrency=settings.openai_concurrency,
+            timeout_seconds=settings.openai_timeout_seconds,
+            max_retries=settings.openai_max_retries,
+            price_per_million_tokens=settings.price_per_million_tokens,
         )
 
     def stats(self) -> dict[str, float]:
