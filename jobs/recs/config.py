@@ -114,6 +114,9 @@ class RecsConfig:
     )
     # Neighbours kept per product in each item-item signal.
     neighbours_per_product: int = field(default=50, metadata={"env": "RECS_NEIGHBOURS"})
+    # Similar products (content neighbours) are exact up to this many products, from an
+    # approximate index above: exact costs products^2 x dimensions (recs/neighbours.py).
+    exact_neighbours_max: int = field(default=200_000, metadata={"env": "RECS_EXACT_NEIGHBOURS_MAX"})
     view_weight: float = field(default=1.0, metadata={"env": "RECS_VIEW_WEIGHT"})
     cart_weight: float = field(default=3.0, metadata={"env": "RECS_CART_WEIGHT"})
     purchase_weight: float = field(default=5.0, metadata={"env": "RECS_PURCHASE_WEIGHT"})
