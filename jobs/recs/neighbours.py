@@ -37,16 +37,16 @@ TRAINING_POINTS_PER_LIST = 40
 KMEANS_ITERATIONS = 10
 # Threads of the build on the driver (faiss's OpenMP): a fixed number, at most the cores.
 BUILD_THREADS = 4
-# Cells per catalog: about 4 sqrt(products), a power of two. Probes: this share of them.
-LISTS_PER_SQRT_PRODUCT = 4
-PROBES = 16
+# Cells per catalog: about 2 sqrt(products), a power of two; a query scans PROBES of them.
+LISTS_PER_SQRT_PRODUCT = 2
+PROBES = 8
 
 _loaded: dict[str, object] = {}
 
 
 def index_shape(products: int) -> tuple[int, int]:
     """(lists, probes) for a catalog of `products`: cells of a few hundred products
-    (4 sqrt(P) lists), at least 39 training vectors each, and PROBES of them scanned."""
+    (2 sqrt(P) lists), at least 39 training vectors each, and PROBES of them scanned."""
     if products < 2:
         return 1, 1
     lists = 2 ** round(math.log2(max(1.0, LISTS_PER_SQRT_PRODUCT * math.sqrt(products))))
