@@ -123,6 +123,9 @@ def approximate_neighbours(spark: SparkSession, embeddings: DataFrame, top_m: in
     standalone cluster they do not share the driver's disk. Each Python worker reads it
     once and queries its tasks' products in blocks; scores are the exact cosines of the
     candidates found. Same schema and rows (products x m) as `exact_neighbours`.
+    Reproducible as far as faiss allows: a seeded index built with a fixed number of
+    threads, answers independent of the partitioning (`recs/neighbours.py` says which
+    bits may still differ between machines).
     """
     table = embeddings.select("product_id", "embedding").orderBy("product_id").toArrow()
     ids = table.column("product_id").to_numpy(zero_copy_only=False)
