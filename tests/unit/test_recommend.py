@@ -364,6 +364,12 @@ def test_content_neighbours_approximate_path_agrees_with_exact(spark, monkeypatc
         assert [s for s, _ in pairs] == pytest.approx(cosines, abs=1e-5)
     assert found / (len(ids) * top_m) >= 0.95
 
+    # Reproducible: another partitioning (so other blocks) and a second index give the same rows.
+    again = content_neighbours(spark, frame.repartition(2), top_m, exact_max=1000).collect()
+    assert len(builds) == 2
+    assert sorted((r["product_id"], r["neighbour_id"], r["score"]) for r in again) == sorted(
+        (r["product_id"], r["neighbour_id"], r["score"]) for r in rows)
+
 
 def test_neighbours_search_drops_self_and_falls_back_to_every_list():
     from recs import neighbours
