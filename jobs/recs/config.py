@@ -176,6 +176,9 @@ class RecommenderSettings:
     })
     # Neighbours kept per product in each item-item signal.
     neighbours_per_product: int = _setting(50, "RECS_NEIGHBOURS")
+    # Similar products (content neighbours) are exact up to this many products, from an
+    # approximate index above: exact costs products^2 x dimensions (recs/neighbours.py).
+    exact_neighbours_max: int = _setting(200_000, "RECS_EXACT_NEIGHBOURS_MAX")
     view_weight: float = _setting(1.0, "RECS_VIEW_WEIGHT")
     cart_weight: float = _setting(3.0, "RECS_CART_WEIGHT")
     purchase_weight: float = _setting(5.0, "RECS_PURCHASE_WEIGHT")
@@ -214,6 +217,9 @@ class RecommenderSettings:
             raise ValueError(f"top_n must be at least 1, got {self.top_n}")
         if not 0 <= self.discovery_share < 1:
             raise ValueError(f"discovery_share must be in [0, 1), got {self.discovery_share}")
+        if self.exact_neighbours_max < 0:
+            raise ValueError(f"exact_neighbours_max must be 0 (always approximate) or more, "
+                             f"got {self.exact_neighbours_max}")
         _check_positive(self, "neighbours_per_product", "recency_half_life_days", "max_history_for_pairs",
                         "trend_half_life_days", "ease_max_items", "next_window", "recent_items_for_next",
                         "neighbour_users", "neighbour_half_life_days")

@@ -1,16 +1,24 @@
 """Step 5: similar products and per-user recommendations.
 
-Similar products are the nearest text embeddings, computed by multiplying blocks of
-the catalog against the broadcast catalog matrix (never an all-pairs cross join of
-rows). User recommendations come from the blended recommender of `recs/scoring.py`,
-its weights tuned on a validation split of the data (`recs/tuning.py`); every
-user's block of the catalog is scored in a Spark task against the broadcast model.
+Similar products are the nearest text embeddings: up to `exact_neighbours_max` products
+exactly, by multiplying blocks of the catalog against the broadcast catalog matrix
+(never an all-pairs cross join of rows); above it from an approximate index built once
+on the driver and shipped to the tasks as a file (`recs/neighbours.py`), since exact
+costs products^2 x dimensions: hours for a million products. User recommendations come
+from the blended recommender of `recs/scoring.py`, its weights tuned on a validation
+split of the data (`recs/tuning.py`); every user's block of the catalog is scored in a
+Spark task against the broadcast model.
 Products a user already bought are never recommended.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import shutil
+import tempfile
+import uuid
 from collections.abc import Iterator
 
 import numpy as np
@@ -18,7 +26,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recs import io
+from recs import io, neighbours
 from recs.config import RecsConfig
 from recs.embeddings.base import normalise_rows
 from recs.io import RunPaths, write_table
@@ -31,6 +39,10 @@ log = logging.getLogger(__name__)
 
 # Content neighbours: scores computed at once per block (float32: 100 MB).
 SCORES_PER_BLOCK = 25_000_000
+# Above this many products, content neighbours come from the approximate index.
+EXACT_NEIGHBOURS_MAX = 200_000
+# Approximate neighbours: queries per index search (x 51 results: small frames).
+QUERIES_PER_SEARCH = 4096
 NEIGHBOUR_SCHEMA = "product_id string, neighbour_id string, score double"
 RECOMMENDATION_SCHEMA = (
     "user_id string, rank int, product_id string, score double, reason_product_id string, reason_event string"
@@ -39,9 +51,24 @@ EVENT_VERBS = {"purchase": "bought", "add_to_cart": "added to your cart", "view"
 
 
 def content_neighbours(
+    spark: SparkSession,
+    embeddings: DataFrame,
+    top_m: int,
+    scores_per_block: int = SCORES_PER_BLOCK,
+    exact_max: int = EXACT_NEIGHBOURS_MAX,
+    seed: int = 42,
+) -> DataFrame:
+    """Top-m cosine neighbours of every product from its text embedding: exact up to
+    `exact_max` products, from the approximate index above (`approximate_neighbours`)."""
+    if embeddings.count() > exact_max:
+        return approximate_neighbours(spark, embeddings, top_m, seed)
+    return exact_neighbours(spark, embeddings, top_m, scores_per_block)
+
+
+def exact_neighbours(
     spark: SparkSession, embeddings: DataFrame, top_m: int, scores_per_block: int = SCORES_PER_BLOCK
 ) -> DataFrame:
-    """Top-m cosine neighbours of every product from its text embedding.
+    """Top-m cosine neighbours of every product, exactly.
 
     The catalog matrix (products x dimensions, float32: 150 MB for 100k products of
     384 dimensions) is broadcast once; each task multiplies its block of products
@@ -77,6 +104,71 @@ def content_neighbours(
                 )
 
     return embeddings.select("product_id", "embedding").mapInPandas(neighbours, NEIGHBOUR_SCHEMA)
+
+
+def approximate_neighbours(spark: SparkSession, embeddings: DataFrame, top_m: int, seed: int = 42) -> DataFrame:
+    """Top-m cosine neighbours of every product from an approximate index.
+
+    The driver reads the catalog in id order through Arrow (the same matrix, so the same
+    index, whatever order the table's files arrive in), builds the index
+    (`recs/neighbours.py`: O(products x dimensions), 1 GB for a million products of 256
+    dimensions) and writes it to a file that `addFile` ships to every executor: on a
+    standalone cluster they do not share the driver's disk. Each Python worker reads it
+    once and queries its tasks' products in blocks; scores are the exact cosines of the
+    candidates found. Same schema and rows (products x m) as `exact_neighbours`.
+    Reproducible as far as faiss allows: a seeded index built with a fixed number of
+    threads, answers independent of the partitioning (`recs/neighbours.py` says which
+    bits may still differ between machines).
+    """
+    table = embeddings.select("product_id", "embedding").orderBy("product_id").toArrow()
+    ids = table.column("product_id").to_numpy(zero_copy_only=False)
+    keep = min(top_m, max(len(ids) - 1, 0))
+    lists, probes = neighbours.index_shape(len(ids))
+    index = neighbours.build_index(normalise_rows(neighbours.arrow_matrix(table.column("embedding"))), lists, seed)
+    del table
+    path = os.path.join(_scratch_folder(), f"content-{uuid.uuid4().hex}.faiss")
+    neighbours.write_index(index, path)
+    log.info("content neighbours: approximate, %d products, %d lists, %d probed, index %.0f MB",
+             len(ids), lists, probes, os.path.getsize(path) / 2**20)
+    del index
+    spark.sparkContext.addFile(path)
+    name = os.path.basename(path)
+    shared_ids = spark.sparkContext.broadcast(ids)
+
+    def query(blocks: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from pyspark import SparkFiles
+
+        index = neighbours.read_index(SparkFiles.get(name))
+        all_ids = shared_ids.value
+        position = pd.Index(all_ids)
+        for batch in blocks:
+            for start in range(0, len(batch) if keep else 0, QUERIES_PER_SEARCH):
+                block = batch.iloc[start:start + QUERIES_PER_SEARCH]
+                vectors = normalise_rows(np.stack(block["embedding"].to_numpy()))
+                rows, scores = neighbours.search(
+                    index, vectors, position.get_indexer(block["product_id"]), keep, probes)
+                yield pd.DataFrame(
+                    {
+                        "product_id": np.repeat(block["product_id"].to_numpy(), keep),
+                        "neighbour_id": all_ids[rows].ravel(),
+                        "score": scores.ravel().astype("float64"),
+                    }
+                )
+
+    return embeddings.select("product_id", "embedding").mapInPandas(query, NEIGHBOUR_SCHEMA)
+
+
+def _scratch_folder() -> str:
+    """A folder of this driver process for the index files, removed when it exits (the
+    tasks that read an index run before: `addFile` serves the file from here)."""
+    global _SCRATCH
+    if _SCRATCH is None:
+        _SCRATCH = tempfile.mkdtemp(prefix="recs-neighbours-")
+        atexit.register(shutil.rmtree, _SCRATCH, True)
+    return _SCRATCH
+
+
+_SCRATCH: str | None = None
 
 
 def similar_products(content: DataFrame, top_n: int) -> DataFrame:
@@ -135,8 +227,11 @@ def run(spark: SparkSession, config: RecsConfig, paths: RunPaths) -> dict:
     clusters = io.read_table(spark, paths.table("product_clusters")).select("product_id", "cluster").toPandas()
     settings = config.recommender
     # Transform: the content neighbours are kept for the evaluation step too.
-    write_table(content_neighbours(spark, embeddings, settings.neighbours_per_product),
-                paths.table("content_neighbours"))
+    write_table(
+        content_neighbours(spark, embeddings, settings.neighbours_per_product,
+                           exact_max=settings.exact_neighbours_max, seed=config.runtime.seed),
+        paths.table("content_neighbours"),
+    )
     content = spark.read.parquet(paths.table("content_neighbours"))
     index = catalog_index(products)
     model, tuning = tuned_model(events, index, content.toPandas(), clusters, config, protocol_for(spark, paths))

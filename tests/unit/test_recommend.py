@@ -315,6 +315,85 @@ def test_content_neighbours_small_catalog_never_returns_self(spark):
     assert got == [("A", "B"), ("A", "C"), ("B", "A"), ("B", "C"), ("C", "A"), ("C", "B")]
 
 
+def clustered_catalog(products: int, dimensions: int, seed: int) -> tuple[list[str], np.ndarray]:
+    """Products in 40 tight groups, as text embeddings fall: no ties, a real top-m."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(40, dimensions))
+    vectors = centres[rng.integers(0, 40, products)] + 0.35 * rng.normal(size=(products, dimensions))
+    return [f"P{i:05d}" for i in range(products)], vectors.astype(np.float32)
+
+
+def test_content_neighbours_approximate_path_agrees_with_exact(spark, monkeypatch):
+    from recs import neighbours
+
+    builds = []
+
+    def counted_build(*args, **kwargs):
+        builds.append(args[0].shape)
+        return build(*args, **kwargs)
+
+    build = neighbours.build_index
+    monkeypatch.setattr(neighbours, "build_index", counted_build)
+    ids, vectors = clustered_catalog(3000, 32, seed=5)
+    frame = spark.createDataFrame(
+        [(pid, [float(x) for x in v]) for pid, v in zip(ids, vectors, strict=True)],
+        "product_id string, embedding array<float>",
+    ).repartition(3)
+    top_m = 10
+    exact = content_neighbours(spark, frame, top_m)
+    assert builds == []  # under the threshold: exact, no index
+    approximate = content_neighbours(spark, frame, top_m, exact_max=1000)
+    assert builds == [(3000, 32)]  # over it: one index, built once on the driver
+    assert approximate.schema == exact.schema
+
+    rows = approximate.collect()
+    assert len(rows) == len(ids) * top_m
+    got: dict[str, list[tuple[float, str]]] = {}
+    for r in rows:
+        got.setdefault(r["product_id"], []).append((r["score"], r["neighbour_id"]))
+    truth: dict[str, set[str]] = {}
+    for r in exact.collect():
+        truth.setdefault(r["product_id"], set()).add(r["neighbour_id"])
+    assert sorted(got) == ids
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    found = 0
+    for pid, pairs in got.items():
+        assert pid not in [n for _, n in pairs]
+        assert len({n for _, n in pairs}) == top_m
+        found += len({n for _, n in pairs} & truth[pid])
+        # Scores are the exact cosines of the neighbours found.
+        cosines = [float(unit[int(pid[1:])] @ unit[int(n[1:])]) for _, n in pairs]
+        assert [s for s, _ in pairs] == pytest.approx(cosines, abs=1e-5)
+    assert found / (len(ids) * top_m) >= 0.95
+
+    # Reproducible: another partitioning (so other blocks) and a second index give the same rows.
+    again = content_neighbours(spark, frame.repartition(2), top_m, exact_max=1000).collect()
+    assert len(builds) == 2
+    assert sorted((r["product_id"], r["neighbour_id"], r["score"]) for r in again) == sorted(
+        (r["product_id"], r["neighbour_id"], r["score"]) for r in rows)
+
+
+def test_neighbours_search_drops_self_and_falls_back_to_every_list():
+    from recs import neighbours
+
+    ids, vectors = clustered_catalog(400, 16, seed=9)
+    vectors[1] = vectors[0]  # identical twins: each must get the other, never itself
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    lists, _ = neighbours.index_shape(len(ids))
+    assert lists == 10  # at least 39 training vectors per list
+    index = neighbours.build_index(unit, lists, seed=1)
+    own = np.arange(len(ids))
+    # Asking for every other product forces the search over every list.
+    rows, scores = neighbours.search(index, unit, own, len(ids) - 1, 1)
+    assert rows.shape == scores.shape == (len(ids), len(ids) - 1)
+    assert not (rows == own[:, None]).any()
+    assert all(len(set(r)) == len(ids) - 1 for r in rows)
+    assert rows[0, 0] == 1 and rows[1, 0] == 0
+    assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
+    expected = np.sort(unit @ unit.T - 10 * np.eye(len(ids)), axis=1)[:, ::-1][:, :-1]
+    assert scores == pytest.approx(expected, abs=1e-5)
+
+
 def test_similar_products_ranks(spark):
     content = spark.createDataFrame(
         [("A", "B", 0.9), ("A", "C", 0.5), ("A", "D", 0.5), ("A", "E", 0.1), ("B", "A", 0.9)],
