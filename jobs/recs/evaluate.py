@@ -48,11 +48,10 @@ def cosine_scores(counts: scoring.Counts, history: sparse.csr_matrix) -> sparse.
     return (history @ counts.covisit).tocsr()
 
 
-def ease_scores(
-    counts: scoring.Counts, history: sparse.csr_matrix, regularisation: float, max_items: int
-) -> sparse.csr_matrix:
-    weights = scoring.ease_from_counts(counts.ease, regularisation, max_items)
-    return (history @ weights).tocsr()
+def ease_top(counts: scoring.Counts, history: sparse.csr_matrix, excluded: sparse.csr_matrix, regularisation: float,
+             max_items: int, k: int) -> np.ndarray:
+    """EASE^R's top k per user (positions): its full weights, not cut to the top K per product."""
+    return scoring.ease_top_k(counts.ease, history, excluded, regularisation, max_items, k, DENSE_BLOCK_CELLS)
 
 
 def als_top(train: DataFrame, index: ItemIndex, users: list[str], excluded: sparse.csr_matrix, k: int,
@@ -183,13 +182,11 @@ def evaluate_methods(
     validation_history = binary_history(validation, index)
     ease_lambda = best_on_validation(
         {config.recommender.ease_lambda: None, **dict.fromkeys(EASE_LAMBDAS)},
-        lambda lam: scoring.top_k(
-            ease_scores(inner_counts, validation_history, lam, config.recommender.ease_max_items),
-            validation.excluded, k)[0],
+        lambda lam: ease_top(inner_counts, validation_history, validation.excluded, lam,
+                             config.recommender.ease_max_items, k),
     )
-    tops["ease"] = scoring.top_k(
-        ease_scores(train_counts, binary_history(test, index), ease_lambda, config.recommender.ease_max_items),
-        test.excluded, k)[0]
+    tops["ease"] = ease_top(train_counts, binary_history(test, index), test.excluded, ease_lambda,
+                            config.recommender.ease_max_items, k)
     als_index = best_on_validation(
         dict(enumerate(ALS_GRID)),
         lambda i: als_top(inner.train, index, validation.users, validation.excluded, k, ALS_GRID[i],

@@ -27,7 +27,7 @@ from recs.scoring import (
     Model,
     cluster_positions,
     customers_from_pairs,
-    ease_from_counts,
+    ease_edges,
     pairs_to_matrix,
     positions_to_matrix,
     row_normalised,
@@ -198,9 +198,7 @@ def build_edges(
     keep = settings.neighbours_per_product
     return {
         "covisit": counts.covisit.astype(np.float32),
-        "ease": top_per_row(
-            ease_from_counts(counts.ease, ease_regularisation or settings.ease_lambda, settings.ease_max_items), keep
-        ),
+        "ease": ease_edges(counts.ease, ease_regularisation or settings.ease_lambda, settings.ease_max_items, keep),
         "next": row_normalised(counts.transitions.astype(np.float32)),
         "content": top_per_row(pairs_to_matrix(content, index, "score"), keep),
     }

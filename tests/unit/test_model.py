@@ -42,6 +42,34 @@ def test_ease_matches_the_closed_form():
     np.testing.assert_allclose(weights, expected, atol=1e-6)
 
 
+def random_counts(products: int, users: int, seed: int) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
+    """(Gram matrix of co-occurrence counts, 0/1 histories) of random baskets."""
+    rng = np.random.default_rng(seed)
+    history = sparse.csr_matrix((rng.random((users, products)) < 0.08).astype(np.float64))
+    return (history.T @ history).tocsr(), history
+
+
+def test_ease_edges_are_the_top_k_of_the_full_weights():
+    gram, _ = random_counts(60, 200, seed=1)
+    full = scoring.ease_from_counts(gram, 5.0, 40)
+    expected = scoring.top_per_row(full, 7).toarray()
+    np.testing.assert_allclose(scoring.ease_edges(gram, 5.0, 40, 7).toarray(), expected, rtol=1e-6)
+
+
+def test_ease_top_k_in_dense_blocks_equals_the_sparse_product():
+    gram, history = random_counts(60, 200, seed=2)
+    history = history[:50].tolil()
+    history[3] = 0  # a user with no history: no list
+    history = history.tocsr()
+    excluded = history.copy()
+    excluded.data[::2] = 0  # some bought products, not all
+    excluded.eliminate_zeros()
+    expected = scoring.top_k((history @ scoring.ease_from_counts(gram, 5.0, 40)).tocsr(), excluded, 10)[0]
+    got = scoring.ease_top_k(gram, history, excluded, 5.0, 40, 10, block_cells=40 * 7)
+    np.testing.assert_array_equal(got, expected)
+    assert (got[3] == -1).all() and (got[0] >= 0).all()
+
+
 def tiny_model(weights: dict[str, float]) -> scoring.Model:
     index = scoring.ItemIndex(np.array(["a", "b", "c", "d"]))
     covisit = sparse.csr_matrix(np.array([[0, 1.0, 0.5, 0], [1.0, 0, 0, 0], [0.5, 0, 0, 0], [0, 0, 0, 0]]))
