@@ -369,21 +369,40 @@ def blend(scores: Scores, weights: dict[str, float]) -> np.ndarray:
     return total
 
 
-def top_entries(indptr: np.ndarray, values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class RowBuckets:
+    """The rows of a CSR layout grouped by length (powers of two), each group padded to
+    its longest row: (rows, offsets of their entries, which offsets are real). Built once,
+    it serves every `top_entries` over the same candidates (tuning ranks them ~100 times)."""
+
+    rows: int
+    groups: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]
+
+
+def row_buckets(indptr: np.ndarray) -> RowBuckets:
+    lengths = np.diff(indptr)
+    sizes = np.ceil(np.log2(np.maximum(lengths, 1))).astype(np.int64)
+    groups = []
+    for size in np.unique(sizes[lengths > 0]):
+        rows = np.flatnonzero((sizes == size) & (lengths > 0))
+        width = int(lengths[rows].max())
+        inside = np.arange(width)[None, :] < lengths[rows][:, None]
+        offsets = np.where(inside, indptr[rows][:, None] + np.arange(width)[None, :], 0)
+        groups.append((rows, offsets, inside))
+    return RowBuckets(len(indptr) - 1, tuple(groups))
+
+
+def top_entries(indptr: np.ndarray, values: np.ndarray, k: int, buckets: RowBuckets | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
     """Per row of a CSR layout, its k largest finite `values`: (entry indices, values),
     users x k, best first; -1 and -inf where a row has fewer. Rows are padded to their
-    size bucket (powers of two), so the work is O(entries), whatever the catalog."""
-    users = len(indptr) - 1
-    entries = np.full((users, k), -1, dtype=np.int64)
-    best = np.full((users, k), -np.inf, dtype=np.float64)
-    lengths = np.diff(indptr)
-    buckets = np.ceil(np.log2(np.maximum(lengths, 1))).astype(np.int64)
-    for bucket in np.unique(buckets[lengths > 0]):
-        rows = np.flatnonzero((buckets == bucket) & (lengths > 0))
-        width = int(lengths[rows].max())
-        offsets = indptr[rows][:, None] + np.arange(width)[None, :]
-        inside = np.arange(width)[None, :] < lengths[rows][:, None]
-        offsets = np.where(inside, offsets, 0)
+    size bucket (`row_buckets`, when not given), so the work is O(entries), whatever the
+    catalog."""
+    buckets = buckets or row_buckets(indptr)
+    entries = np.full((buckets.rows, k), -1, dtype=np.int64)
+    best = np.full((buckets.rows, k), -np.inf, dtype=np.float64)
+    for rows, offsets, inside in buckets.groups:
+        width = offsets.shape[1]
         padded = np.where(inside, values[offsets], -np.inf)
         keep = min(k, width)
         chosen = np.argpartition(-padded, keep - 1, axis=1)[:, :keep] if keep < width else np.broadcast_to(
@@ -430,14 +449,15 @@ def discovery_slots(k: int, share: float) -> int:
     return min(int(round(k * share)), k - 1) if k > 1 else 0
 
 
-def ranked_entries(scores: Scores, weights: dict[str, float], k: int, share: float
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def ranked_entries(scores: Scores, weights: dict[str, float], k: int, share: float,
+                   buckets: RowBuckets | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(entries, blended scores) of each user's k products: the blend's best first, then
     `discovery_slots` for the best of the user's own item-item signals not yet shown
-    (the blend's next best when those run out)."""
+    (the blend's next best when those run out). `buckets`: the candidates' `row_buckets`."""
     blended = np.where(scores.excluded, -np.inf, blend(scores, weights))
     indptr = scores.candidates.indptr
-    entries, best = top_entries(indptr, blended, k)
+    buckets = buckets or row_buckets(indptr)
+    entries, best = top_entries(indptr, blended, k, buckets)
     slots = discovery_slots(k, share)
     if slots == 0:
         return entries, best
@@ -447,7 +467,7 @@ def ranked_entries(scores: Scores, weights: dict[str, float], k: int, share: flo
     own[scores.excluded | (own <= 0)] = -np.inf
     shown = entries[:, :lead]
     own[shown[shown >= 0]] = -np.inf
-    extra, _ = top_entries(indptr, own, slots)
+    extra, _ = top_entries(indptr, own, slots, buckets)
     rest = entries[:, lead:]
     rest = np.where((rest[:, :, None] == extra[:, None, :]).any(axis=2), -1, rest)
     combined = np.hstack([shown, extra, rest])
@@ -455,9 +475,10 @@ def ranked_entries(scores: Scores, weights: dict[str, float], k: int, share: flo
     return combined, np.where(combined >= 0, blended[np.maximum(combined, 0)], -np.inf)
 
 
-def ranked(scores: Scores, weights: dict[str, float], k: int, share: float) -> tuple[np.ndarray, np.ndarray]:
+def ranked(scores: Scores, weights: dict[str, float], k: int, share: float, buckets: RowBuckets | None = None
+           ) -> tuple[np.ndarray, np.ndarray]:
     """(positions, blended scores) of each user's k products (see `ranked_entries`)."""
-    entries, best = ranked_entries(scores, weights, k, share)
+    entries, best = ranked_entries(scores, weights, k, share, buckets)
     return np.where(entries >= 0, scores.positions[np.maximum(entries, 0)], -1), best
 
 
@@ -567,9 +588,10 @@ def tune_weights(
     """Coordinate ascent on validation NDCG@k over the blend weights; `fixed` ones stay."""
     fixed = fixed or {}
     weights = {**start, **fixed}
+    buckets = row_buckets(scores.candidates.indptr)
 
     def quality(candidate: dict[str, float]) -> float:
-        return ndcg(ranked(scores, candidate, k, 0.0)[0], relevant)
+        return ndcg(ranked(scores, candidate, k, 0.0, buckets)[0], relevant)
 
     best = quality(weights)
     for _ in range(rounds):
