@@ -25,6 +25,7 @@ those slots keep every list personal (and the catalog covered).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -67,20 +68,12 @@ def top_per_row(matrix, keep: int, drop_diagonal: bool = True) -> sparse.csr_mat
         source.setdiag(0)
     source.data[source.data < 0] = 0
     source.eliminate_zeros()
-    rows, cols, values = [], [], []
-    for row in range(source.shape[0]):
-        start, end = source.indptr[row], source.indptr[row + 1]
-        chosen = np.arange(start, end)
-        if end - start > keep:
-            chosen = start + np.argpartition(-source.data[start:end], keep - 1)[:keep]
-        rows.append(np.full(len(chosen), row))
-        cols.append(source.indices[chosen])
-        values.append(source.data[chosen])
-    if not rows:
+    if keep < 1 or source.nnz == 0:
         return sparse.csr_matrix(source.shape, dtype=np.float32)
-    return sparse.csr_matrix(
-        (np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))), shape=source.shape
-    )
+    entries, _ = top_entries(source.indptr, source.data, keep)  # rows of all lengths at once
+    rows, slots = np.nonzero(entries >= 0)
+    chosen = entries[rows, slots]
+    return sparse.csr_matrix((source.data[chosen], (rows, source.indices[chosen])), shape=source.shape)
 
 
 def pairs_to_matrix(pairs: pd.DataFrame, index: ItemIndex, value: str) -> sparse.csr_matrix:
@@ -189,6 +182,16 @@ class Model:
     discovery_share: float = 0.0
     titles: dict[str, str] = field(default_factory=dict)
 
+    @functools.cached_property
+    def reason_edges(self) -> sparse.csr_matrix:
+        """recommended x history products: how much a product of a history adds to a
+        recommended product's personal score (the weighted item-item signals,
+        transposed); built once per worker, on first use."""
+        personal = [(self.weights[name], self.edges[name]) for name in EDGE_SIGNALS if self.weights.get(name)]
+        if not personal:
+            return sparse.csr_matrix((len(self.index), len(self.index)), dtype=np.float32)
+        return sum((weight * matrix for weight, matrix in personal[1:]), personal[0][0] * personal[0][1]).T.tocsr()
+
 
 def history_matrix(history: pd.DataFrame, users: list[str], index: ItemIndex, value: str = "weight"):
     """users x products sparse matrix of `value` from (user_id, product_id, value) rows."""
@@ -211,8 +214,9 @@ def nearest_customers(customers: Customers, users: list[str], neighbours: int) -
     # share of all customers, so a similarity row is long until cut to the nearest.
     for start in range(0, len(known), SIMILARITY_BLOCK):
         block = rows[known[start:start + SIMILARITY_BLOCK]]
-        similarity = (customers.profiles[block] @ customers.profiles.T).tocoo()
-        similarity.data[block[similarity.row] == similarity.col] = 0  # a user is not their own neighbour
+        similarity = (customers.profiles[block] @ customers.profiles.T).tocsr()
+        own_row = np.repeat(block, np.diff(similarity.indptr))
+        similarity.data[own_row == similarity.indices] = 0  # a user is not their own neighbour
         parts.append(top_per_row(similarity, neighbours, drop_diagonal=False))
     placed = sparse.csr_matrix(
         (np.ones(len(known)), (known, np.arange(len(known)))), shape=(len(users), len(known))
@@ -488,48 +492,42 @@ def recommend_block(model: Model, history: pd.DataFrame, k: int) -> pd.DataFrame
     users = list(dict.fromkeys(history["user_id"]))
     scores = signal_scores(model, history, users, k)
     entries, best_scores = ranked_entries(scores, model.weights, k, model.discovery_share)
-    rows = []
-    personal = {name: w for name, w in model.weights.items() if w and name in EDGE_SIGNALS}
-    weights = history_matrix(history, users, model.index)
+    chosen = np.where(entries >= 0, scores.positions[np.maximum(entries, 0)], -1)
+    reasons = reason_items(model, history_matrix(history, users, model.index), chosen)
     # Without a product of their own behind it, a pick is either what similar customers
     # buy now or what everybody buys now, whichever weighs more in its score.
     from_customers = model.weights.get("neighbours", 0) * scores["neighbours"] > model.weights.get(
         "trend", 0) * scores["trend"]
-    for row, user_id in enumerate(users):
-        valid = entries[row] >= 0  # fewer products left than k
-        chosen_entries, scores_of_chosen = entries[row][valid], best_scores[row][valid]
-        chosen = scores.positions[chosen_entries]
-        reasons = _reason_items(model, personal, weights[row], chosen)
-        rows += [
-            (user_id, rank, model.index.ids[position], float(score), reason, bool(from_customers[entry]))
-            for rank, (position, entry, score, reason)
-            in enumerate(zip(chosen, chosen_entries, scores_of_chosen, reasons, strict=True), 1)
-        ]
-    result = pd.DataFrame(
-        rows, columns=["user_id", "rank", "product_id", "score", "reason_position", "from_customers"]
-    )
+    row, slot = np.nonzero(entries >= 0)  # fewer products left than k: fewer rows
+    picked = entries[row, slot]
+    result = pd.DataFrame({
+        "user_id": np.asarray(users, dtype=object)[row], "rank": slot + 1,
+        "product_id": model.index.ids[chosen[row, slot]], "score": best_scores[row, slot].astype(float),
+    })
     events = history.set_index(["user_id", "product_id"])["strongest_event"]
-    reason_ids = [model.index.ids[p] if p >= 0 else None for p in result["reason_position"]]
+    reason_ids = [model.index.ids[p] if p >= 0 else None for p in reasons[row, slot]]
     result["reason_product_id"] = reason_ids
     result["reason_event"] = [
         events.get((u, p)) if p is not None else (SIMILAR_CUSTOMERS if similar else None)
-        for u, p, similar in zip(result["user_id"], reason_ids, result["from_customers"], strict=True)
+        for u, p, similar in zip(result["user_id"], reason_ids, from_customers[picked], strict=True)
     ]
-    return result.drop(columns=["reason_position", "from_customers"])
+    return result
 
 
-def _reason_items(model: Model, personal: dict, user_row, chosen: np.ndarray) -> np.ndarray:
-    """Per recommended position, the history product that contributed most to its
-    personal score (-1 when none did, e.g. a trending product)."""
-    owned = user_row.indices
-    if not personal or len(owned) == 0 or len(chosen) == 0:
-        return np.full(len(chosen), -1)
-    contribution = np.zeros((len(owned), len(chosen)))
-    for name, weight in personal.items():
-        contribution += weight * model.edges[name][owned][:, chosen].toarray()
-    contribution *= user_row.data[:, None]
-    best = contribution.argmax(axis=0)
-    return np.where(contribution[best, np.arange(len(chosen))] > 0, owned[best], -1)
+def reason_items(model: Model, weights: sparse.csr_matrix, chosen: np.ndarray) -> np.ndarray:
+    """users x k: per recommended position (`chosen`, -1 for none), the product of the
+    user's history (`weights`, users x products) that adds most to its personal score;
+    -1 when none does (e.g. a trending product). One sparse product per list slot."""
+    reasons = np.full(chosen.shape, -1, dtype=np.int64)
+    for slot in range(chosen.shape[1]):
+        rows = np.flatnonzero(chosen[:, slot] >= 0)
+        contribution = model.reason_edges[chosen[rows, slot]].multiply(weights[rows]).tocsr()
+        contribution.data[contribution.data < 0] = 0
+        contribution.eliminate_zeros()
+        best, _ = top_entries(contribution.indptr, contribution.data, 1)
+        found = best[:, 0] >= 0
+        reasons[rows[found], slot] = contribution.indices[best[found, 0]]
+    return reasons
 
 
 def cluster_positions(index: ItemIndex, clusters: pd.DataFrame) -> np.ndarray:
