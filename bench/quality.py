@@ -49,7 +49,8 @@ def evaluate_dataset(spark, name: str, input_path: str, input_format: str, data_
         io.write_json(spark, paths.stats(step.__name__.split(".")[-1]), stats)
         print(f"[{name}] {step.__name__.split('.')[-1]}: {time.monotonic() - started:.0f}s", flush=True)
     embeddings = io.read_table(spark, paths.table("embeddings"))
-    content = content_neighbours(spark, embeddings, config.recommender.neighbours_per_product).toPandas()
+    content = content_neighbours(spark, embeddings, config.recommender.neighbours_per_product,
+                                 exact_max=config.recommender.exact_neighbours_max, seed=config.runtime.seed).toPandas()
     clusters = io.read_table(spark, paths.table("product_clusters")).select("product_id", "cluster").toPandas()
     products = io.read_table(spark, paths.table("products"))
     events = io.read_table(spark, paths.table("events")).cache()

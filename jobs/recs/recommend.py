@@ -27,7 +27,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recs import io, neighbours
-from recs.config import RecsConfig
+from recs.config import RecommenderSettings, RecsConfig, RuntimeSettings
 from recs.embeddings.base import normalise_rows
 from recs.io import RunPaths, write_table
 from recs.model import catalog_index, scoring_history, top_per_product, user_item_weights
@@ -39,8 +39,6 @@ log = logging.getLogger(__name__)
 
 # Content neighbours: scores computed at once per block (float32: 100 MB).
 SCORES_PER_BLOCK = 25_000_000
-# Above this many products, content neighbours come from the approximate index.
-EXACT_NEIGHBOURS_MAX = 200_000
 # Approximate neighbours: queries per index search (x 51 results: small frames).
 QUERIES_PER_SEARCH = 4096
 NEIGHBOUR_SCHEMA = "product_id string, neighbour_id string, score double"
@@ -55,8 +53,8 @@ def content_neighbours(
     embeddings: DataFrame,
     top_m: int,
     scores_per_block: int = SCORES_PER_BLOCK,
-    exact_max: int = EXACT_NEIGHBOURS_MAX,
-    seed: int = 42,
+    exact_max: int = RecommenderSettings.exact_neighbours_max,
+    seed: int = RuntimeSettings.seed,
 ) -> DataFrame:
     """Top-m cosine neighbours of every product from its text embedding: exact up to
     `exact_max` products, from the approximate index above (`approximate_neighbours`)."""
