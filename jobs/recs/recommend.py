@@ -104,7 +104,8 @@ def exact_neighbours(
     return embeddings.select("product_id", "embedding").mapInPandas(neighbours, NEIGHBOUR_SCHEMA)
 
 
-def approximate_neighbours(spark: SparkSession, embeddings: DataFrame, top_m: int, seed: int = 42) -> DataFrame:
+def approximate_neighbours(spark: SparkSession, embeddings: DataFrame, top_m: int,
+                           seed: int = RuntimeSettings.seed) -> DataFrame:
     """Top-m cosine neighbours of every product from an approximate index.
 
     The driver reads the catalog in id order through Arrow (the same matrix, so the same
