@@ -104,19 +104,9 @@ def ease_weights(counts: sparse.csr_matrix, regularisation: float, max_items: in
     return popular, weights
 
 
-def ease_from_counts(counts: sparse.csr_matrix, regularisation: float, max_items: int) -> sparse.csr_matrix:
-    """EASE^R's weights (`ease_weights`) as a products x products sparse matrix."""
-    popular, dense_weights = ease_weights(counts, regularisation, max_items)
-    weights = sparse.coo_matrix(dense_weights)
-    size = counts.shape[0]
-    return sparse.csr_matrix(
-        (weights.data, (popular[weights.row], popular[weights.col])), shape=(size, size), dtype=np.float32
-    )
-
-
 def ease_edges(counts: sparse.csr_matrix, regularisation: float, max_items: int, keep: int) -> sparse.csr_matrix:
     """Each popular product's `keep` largest positive EASE weights, as a products x
-    products sparse matrix (`top_per_row` of `ease_from_counts`, cut on the dense rows)."""
+    products sparse matrix (cut on the dense rows: no products x products sparse copy)."""
     popular, weights = ease_weights(counts, regularisation, max_items)
     size = counts.shape[0]
     keep = min(keep, weights.shape[1])
@@ -187,10 +177,11 @@ class Model:
         """recommended x history products: how much a product of a history adds to a
         recommended product's personal score (the weighted item-item signals,
         transposed); built once per worker, on first use."""
-        personal = [(self.weights[name], self.edges[name]) for name in EDGE_SIGNALS if self.weights.get(name)]
-        if not personal:
-            return sparse.csr_matrix((len(self.index), len(self.index)), dtype=np.float32)
-        return sum((weight * matrix for weight, matrix in personal[1:]), personal[0][0] * personal[0][1]).T.tocsr()
+        total = sparse.csr_matrix((len(self.index), len(self.index)), dtype=np.float32)
+        for name in EDGE_SIGNALS:
+            if self.weights.get(name):
+                total = total + self.weights[name] * self.edges[name]
+        return total.T.tocsr()
 
 
 def history_matrix(history: pd.DataFrame, users: list[str], index: ItemIndex, value: str = "weight"):

@@ -35,11 +35,20 @@ def test_top_per_row_keeps_the_largest_positive_off_diagonal_entries():
 
 def test_ease_matches_the_closed_form():
     gram = np.array([[3.0, 2.0, 0.0], [2.0, 4.0, 1.0], [0.0, 1.0, 2.0]])
-    weights = scoring.ease_from_counts(sparse.csr_matrix(gram), 1.0, 10).toarray()
+    popular, weights = scoring.ease_weights(sparse.csr_matrix(gram), 1.0, 10)
+    weights = weights[np.argsort(popular)][:, np.argsort(popular)]
     inverse = np.linalg.inv(gram + np.eye(3))
     expected = -inverse / np.diag(inverse)
     np.fill_diagonal(expected, 0)
     np.testing.assert_allclose(weights, expected, atol=1e-6)
+
+
+def full_ease(gram: sparse.csr_matrix, regularisation: float, max_items: int) -> sparse.csr_matrix:
+    """EASE's whole weight matrix, products x products: the reference the cut paths must match."""
+    popular, weights = scoring.ease_weights(gram, regularisation, max_items)
+    full = np.zeros(gram.shape)
+    full[np.ix_(popular, popular)] = weights
+    return sparse.csr_matrix(full)
 
 
 def random_counts(products: int, users: int, seed: int) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
@@ -51,7 +60,7 @@ def random_counts(products: int, users: int, seed: int) -> tuple[sparse.csr_matr
 
 def test_ease_edges_are_the_top_k_of_the_full_weights():
     gram, _ = random_counts(60, 200, seed=1)
-    full = scoring.ease_from_counts(gram, 5.0, 40)
+    full = full_ease(gram, 5.0, 40)
     expected = scoring.top_per_row(full, 7).toarray()
     np.testing.assert_allclose(scoring.ease_edges(gram, 5.0, 40, 7).toarray(), expected, rtol=1e-6)
 
@@ -64,7 +73,7 @@ def test_ease_top_k_in_dense_blocks_equals_the_sparse_product():
     excluded = history.copy()
     excluded.data[::2] = 0  # some bought products, not all
     excluded.eliminate_zeros()
-    expected = scoring.top_k((history @ scoring.ease_from_counts(gram, 5.0, 40)).tocsr(), excluded, 10)[0]
+    expected = scoring.top_k((history @ full_ease(gram, 5.0, 40)).tocsr(), excluded, 10)[0]
     got = scoring.ease_top_k(gram, history, excluded, 5.0, 40, 10, block_cells=40 * 7)
     np.testing.assert_array_equal(got, expected)
     assert (got[3] == -1).all() and (got[0] >= 0).all()
