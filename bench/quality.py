@@ -55,9 +55,10 @@ def evaluate_dataset(spark, name: str, input_path: str, input_format: str, data_
     products = io.read_table(spark, paths.table("products"))
     events = io.read_table(spark, paths.table("events")).cache()
     started = time.monotonic()
-    metrics, tuning = evaluate.evaluate_methods(
-        events, catalog_index(products), content, clusters, config, evaluate.protocol_for(spark, paths)
-    )
+    with io.work_folder(spark, paths, "evaluate") as work:
+        metrics, tuning = evaluate.evaluate_methods(
+            events, catalog_index(products), content, clusters, config, evaluate.protocol_for(spark, paths), work
+        )
     print(f"[{name}] evaluate: {time.monotonic() - started:.0f}s; tuned: {json.dumps(tuning, default=str)}", flush=True)
     return metrics
 

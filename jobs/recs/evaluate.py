@@ -25,7 +25,7 @@ from recs.config import RecsConfig
 from recs.io import RunPaths, write_table
 from recs.metrics import best_baseline, metrics_at_k
 from recs.ordering import fixed_order
-from recs.scoring import ItemIndex
+from recs.scoring import ItemIndex, Model, Scores
 from recs.splits import EvalSet, binary_history, eval_set, make_split, protocol_for
 from recs.tuning import tune, tune_time_settings
 
@@ -122,16 +122,18 @@ def metric_rows(method: str, top: np.ndarray, evaluation: EvalSet, cluster_of: n
 
 def evaluate_methods(
     events: DataFrame, index: ItemIndex, content: pd.DataFrame, clusters: pd.DataFrame, config: RecsConfig,
-    protocol: str,
+    protocol: str, work: str,
 ) -> tuple[pd.DataFrame, dict]:
-    """Every method on the same split: run_metrics rows and what was tuned."""
+    """Every method on the same split: run_metrics rows and what was tuned (`work`: a
+    folder for what the Spark tasks read)."""
     k = config.evaluation.eval_k
     split = make_split(events, protocol, config.evaluation.eval_days)
-    if split.relevant.empty:
+    test = eval_set(split, index, config)
+    if not test.users:
         raise ValueError(
             f"no test users for {protocol}: does the data span more than {config.evaluation.eval_days} days?")
     inner = make_split(split.train, protocol, config.evaluation.eval_days)
-    test, validation = eval_set(split, index, config), eval_set(inner, index, config)
+    validation = eval_set(inner, index, config)
     log.info("%s: %d test users, %d validation users", protocol, len(test.users), len(validation.users))
     train_counts = recommender.count_pairs(split.train, index, config.recommender)
     inner_counts = recommender.count_pairs(inner.train, index, config.recommender)
@@ -148,15 +150,20 @@ def evaluate_methods(
         return max(candidates, key=lambda c: scoring.ndcg(validation_top(c), validation.relevant))
 
     # Ours: the same procedure as the recommend step, on the train part only.
-    settings = tune_time_settings(inner.train, index, validation, config.recommender, k)
+    settings = tune_time_settings(inner.train, index, validation, config.recommender, k, work)
     ours, half_life, validation_customers = settings.settings, settings.trend_half_life_days, settings.customers
-    validation_model = recommender.fit_model(inner.train, index, content, clusters, ours,
+    validation_model = recommender.fit_model(inner.train, index, content, clusters, ours, work,
                                              trend_half_life_days=half_life, counts=inner_counts,
                                              customers=validation_customers)
-    test_model = recommender.fit_model(split.train, index, content, clusters, ours,
+    test_model = recommender.fit_model(split.train, index, content, clusters, ours, work,
                                        trend_half_life_days=half_life, counts=train_counts)
-    validation_scores = scoring.signal_scores(validation_model, validation.history, validation.users, k)
-    test_scores = scoring.signal_scores(test_model, test.history, test.users, k)
+
+    def candidate_scores(fitted: Model, evaluation: EvalSet, history: pd.DataFrame | None = None) -> Scores:
+        history = evaluation.history if history is None else history
+        return recommender.candidate_scores(fitted, history, evaluation.users, k, events.sparkSession)
+
+    validation_scores = candidate_scores(validation_model, validation)
+    test_scores = candidate_scores(test_model, test)
     start = recommender.default_weights(config.recommender)
     tuned = {}
     for name, fixed in (("published", {}), ("without_text", dict.fromkeys(scoring.TEXT_SIGNALS, 0.0))):
@@ -167,9 +174,8 @@ def evaluate_methods(
     flat = 1e9
     flat_validation = eval_set(inner, index, config, half_life_days=flat)
     flat_test = eval_set(split, index, config, half_life_days=flat)
-    flat_validation_scores = scoring.signal_scores(validation_model, flat_validation.history, validation.users,
-                                                       k)
-    flat_test_scores = scoring.signal_scores(test_model, flat_test.history, test.users, k)
+    flat_validation_scores = candidate_scores(validation_model, validation, flat_validation.history)
+    flat_test_scores = candidate_scores(test_model, test, flat_test.history)
     weights = tune(flat_validation_scores, validation, start, k, dict.fromkeys(scoring.TIME_SIGNALS, 0.0))[0]
     tuned["without_time"] = weights
     tops["without_time"] = scoring.ranked(flat_test_scores, weights, k, config.recommender.discovery_share)[0]
@@ -196,7 +202,7 @@ def evaluate_methods(
                           config.runtime.als_blocks)
     # Cluster-only: plain (undecayed) popularity inside the user's favourite clusters.
     popular_model = dataclasses.replace(test_model, trend=test.buyers / max(test.buyers.max(), 1))
-    cluster_only = scoring.signal_scores(popular_model, test.history, test.users, k)
+    cluster_only = candidate_scores(popular_model, test)
     tops["cluster_only"] = scoring.ranked(cluster_only, {"cluster": 1.0}, k, 0.0)[0]
 
     rows = [row for method, top in tops.items() for row in metric_rows(method, top, test, cluster_of)]
@@ -230,7 +236,9 @@ def run(spark: SparkSession, config: RecsConfig, paths: RunPaths) -> dict:
     clusters = io.read_table(spark, paths.table("product_clusters")).select("product_id", "cluster").toPandas()
     protocol = protocol_for(spark, paths)
     # Transform
-    metrics, tuning = evaluate_methods(events, recommender.catalog_index(products), content, clusters, config, protocol)
+    with io.work_folder(spark, paths, "evaluate") as work:
+        metrics, tuning = evaluate_methods(events, recommender.catalog_index(products), content, clusters, config,
+                                           protocol, work)
     metrics.insert(0, "run_id", paths.run_id)
     metrics["k"] = config.evaluation.eval_k
     # Load

@@ -6,6 +6,8 @@ Layout of the data root:
     runs/<run_id>/stats/<step>.json what each step measured (counts, k, variance, ...)
     runs/<run_id>/errors/<step>.json why a step failed, one line (recs/errors.py)
     runs/<run_id>/report.html       the run report, published or refused
+    runs/<run_id>/work/<step>/      what a step writes for its own Spark tasks to read (the
+                                    customers, `recs.model.ship_customers`); gone when it ends
     embedding_cache/<space>/        content-addressed embeddings shared by all runs
     published/versions/<run_id>/    complete published versions, one per run
     published/CURRENT               the version readers should use (local data roots) ...
@@ -16,10 +18,12 @@ Layout of the data root:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +61,9 @@ class RunPaths:
     def report(self) -> str:
         return f"{self.run_dir}/report.html"
 
+    def work(self, step: str) -> str:
+        return f"{self.run_dir}/work/{step}"
+
     def model(self, name: str) -> str:
         return f"{self.run_dir}/models/{name}"
 
@@ -80,6 +87,17 @@ def read_table(spark: SparkSession, path: str) -> DataFrame:
 
 def write_table(df: DataFrame, path: str) -> None:
     df.write.mode("overwrite").parquet(path)
+
+
+@contextlib.contextmanager
+def work_folder(spark: SparkSession, paths: RunPaths, step: str) -> Iterator[str]:
+    """The step's work folder, empty (a crashed try may have left one) and removed after."""
+    folder = paths.work(step)
+    delete(spark, folder)
+    try:
+        yield folder
+    finally:
+        delete(spark, folder)
 
 
 # --- Hadoop file system helpers ---------------------------------------------

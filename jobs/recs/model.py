@@ -11,22 +11,25 @@ no pyspark), so its cost grows with the histories, never with users x products.
 from __future__ import annotations
 
 import logging
+import uuid
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame, Window
+from pyspark import SparkFiles
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from scipy import sparse
 
+from recs import scoring
 from recs.config import RecommenderSettings
 from recs.scoring import (
     SIGNALS,
     Counts,
-    Customers,
+    CustomerFile,
     ItemIndex,
     Model,
+    Scores,
     cluster_positions,
-    customers_from_pairs,
     ease_edges,
     pairs_to_matrix,
     positions_to_matrix,
@@ -276,27 +279,102 @@ def count_pairs(events: DataFrame, index: ItemIndex, settings: RecommenderSettin
     return counts
 
 
-def customer_profiles(events: DataFrame, index: ItemIndex, settings: RecommenderSettings) -> Customers:
-    """Each customer's most recent products, counted in Spark, as the matrices of
-    `Customers` (weights halved every `neighbour_half_life_days`)."""
-    return customer_profiles_by_half_life(events, index, settings, [settings.neighbour_half_life_days])[
-        settings.neighbour_half_life_days]
+# --- Similar customers: counted in Spark, read by the tasks ----------------------
+
+# Through a product, a user finds only its most recent customers: a best-seller's
+# customers are many and say little about one another, and comparing them all costs
+# their number squared (hours at a million customers).
+FINDERS_PER_PRODUCT = 100
 
 
-def customer_profiles_by_half_life(
-    events: DataFrame, index: ItemIndex, settings: RecommenderSettings, half_lives: list[float]
-) -> dict[float, Customers]:
-    """`customer_profiles` for each half-life, from one pass over the events (which
-    products are a customer's most recent does not depend on the half-life)."""
+def customer_histories(events: DataFrame, index: ItemIndex, settings: RecommenderSettings,
+                       half_lives: list[float]) -> DataFrame:
+    """(user_id, position, finder, weight_0, ...): each customer's `max_history_for_pairs`
+    most recent products by catalog position, one weight per half-life, and `finder` on
+    each product's `FINDERS_PER_PRODUCT` most recent customers."""
+    positions = F.broadcast(catalog_positions(events.sparkSession, index))
     user_items = user_item_weights_by_half_life(events, settings, half_lives)
-    columns = [f"weight_{i}" for i in range(len(half_lives))]
-    recent = recent_history(user_items, settings.max_history_for_pairs).select("user_id", "product_id", *columns)
-    recent = recent.toPandas()
-    return {
-        half_life: customers_from_pairs(recent[["user_id", "product_id", column]].rename(columns={column: "weight"}),
-                                        index, settings.neighbour_users)
-        for half_life, column in zip(half_lives, columns, strict=True)
-    }
+    recent = recent_history(user_items, settings.max_history_for_pairs)
+    order = Window.partitionBy("product_id").orderBy(F.col("last_ts").desc(), F.col("user_id"))
+    return (
+        recent.withColumn("finder", F.row_number().over(order) <= FINDERS_PER_PRODUCT)
+        .join(positions, "product_id")
+        .select("user_id", "position", "finder", *[f"weight_{i}" for i in range(len(half_lives))])
+    )
+
+
+def ship_customers(events: DataFrame, index: ItemIndex, settings: RecommenderSettings, half_lives: list[float],
+                   work: str) -> dict[float, CustomerFile]:
+    """Write `customer_histories` under the `work` folder and ship it to every executor
+    (`addFile`); a `CustomerFile` per half-life. The driver never reads it: it grows
+    with the customers."""
+    path = f"{work}/customers-{uuid.uuid4().hex}"
+    customer_histories(events, index, settings, half_lives).write.parquet(path)
+    events.sparkSession.sparkContext.addFile(path, recursive=True)
+    name = path.rsplit("/", 1)[-1]
+    return {half_life: CustomerFile(name, f"weight_{i}", settings.neighbour_users)
+            for i, half_life in enumerate(half_lives)}
+
+
+def candidate_scores(model: Model, history: pd.DataFrame, users: list[str], k: int, spark: SparkSession) -> Scores:
+    """`scoring.signal_scores` of `users` (their rows of `history`), computed by Spark
+    tasks, which read the model's customers from its `CustomerFile`, and collected as the
+    candidate table: a row per (user, candidate) with a column per signal. It grows with
+    users x candidates: tuning and evaluation pass a bounded sample of users."""
+    if model.customer_file is None or not users:
+        return scoring.signal_scores(model, history, users, k)
+    shared = spark.sparkContext.broadcast(model)
+
+    def score(block: pd.DataFrame) -> pd.DataFrame:
+        fitted = scoring.with_customers(shared.value, SparkFiles.get)
+        block_users = list(dict.fromkeys(block["user_id"]))
+        return scoring.candidate_table(scoring.signal_scores(fitted, block, block_users, k), block_users)
+
+    table = _by_user_bucket(spark, history, len(users)).applyInPandas(
+        score, scoring.CANDIDATE_SCHEMA).toPandas()
+    shared.unpersist()
+    return scoring.scores_from_table(table, users, len(model.index))
+
+
+def neighbour_grid(spark: SparkSession, index: ItemIndex, files: dict[float, CustomerFile], history: pd.DataFrame,
+                   users: list[str], sizes: list[int], k: int) -> dict[tuple[float, int], np.ndarray]:
+    """`scoring.neighbour_tops` of `users` (their rows of `history`), computed by Spark
+    tasks that read the customers of every half-life from `files` (one folder)."""
+    names = {file.name for file in files.values()}
+    if len(names) != 1:
+        raise ValueError(f"the half-lives' customers must come from one folder, not {sorted(names)}")
+    name, columns = names.pop(), {half_life: file.weight for half_life, file in files.items()}
+    shared = spark.sparkContext.broadcast(index)
+
+    def tops(block: pd.DataFrame) -> pd.DataFrame:
+        catalog = shared.value
+        by_weight = scoring.read_customers(SparkFiles.get(name), len(catalog))
+        block_users = list(dict.fromkeys(block["user_id"]))
+        bought = scoring.history_matrix(block[block["purchased"]].assign(one=1.0), block_users, catalog, "one")
+        found = scoring.neighbour_tops({h: by_weight[c] for h, c in columns.items()}, block_users, bought, sizes, k)
+        return pd.concat([
+            pd.DataFrame({"user_id": np.repeat(np.asarray(block_users, dtype=object), top.shape[1]),
+                          "half_life": half_life, "size": size, "slot": np.tile(np.arange(top.shape[1]), len(top)),
+                          "position": top.ravel()})
+            for (half_life, size), top in found.items()])
+
+    table = _by_user_bucket(spark, history, len(users)).applyInPandas(
+        tops, "user_id string, half_life double, size int, slot int, position long").toPandas()
+    shared.unpersist()
+    rows = pd.Index(users).get_indexer(table["user_id"])
+    result = {}
+    for (half_life, size), part in table.groupby(["half_life", "size"]):
+        top = np.full((len(users), k), -1, dtype=np.int64)
+        top[rows[part.index], part["slot"].to_numpy()] = part["position"].to_numpy()
+        result[half_life, int(size)] = top
+    return result
+
+
+def _by_user_bucket(spark: SparkSession, history: pd.DataFrame, users: int):
+    """`history` (pandas) as a Spark table grouped into buckets of whole users."""
+    buckets = max(1, -(-users // scoring.USERS_PER_TASK))
+    frame = spark.createDataFrame(history[list(scoring.HISTORY_COLUMNS)])
+    return frame.withColumn("bucket", F.pmod(F.xxhash64("user_id"), F.lit(buckets))).groupBy("bucket")
 
 
 def fit_model(
@@ -305,14 +383,18 @@ def fit_model(
     content: pd.DataFrame,
     clusters: pd.DataFrame,
     settings: RecommenderSettings,
+    work: str,
     weights: dict[str, float] | None = None,
     trend_half_life_days: float | None = None,
     counts: Counts | None = None,
-    customers: Customers | None = None,
+    customers: CustomerFile | None = None,
 ) -> Model:
     """Count over `events` in Spark (unless `counts` and `customers` already hold the
-    counts), then build the item x item signals on the driver."""
+    counts), then build the item x item signals on the driver. The customers are
+    written to the `work` folder for the tasks (`ship_customers`)."""
     counts = counts or count_pairs(events, index, settings)
+    half_life = settings.neighbour_half_life_days
+    customers = customers or ship_customers(events, index, settings, [half_life], work)[half_life]
     return Model(
         index=index,
         edges=build_edges(index, counts, content, settings),
@@ -320,7 +402,7 @@ def fit_model(
         trend=trend_vector(events, index, trend_half_life_days or settings.trend_half_life_days, settings),
         weights=weights or default_weights(settings),
         recent_items_for_next=settings.recent_items_for_next,
-        customers=customers or customer_profiles(events, index, settings),
+        customer_file=customers,
         discovery_share=settings.discovery_share,
     )
 

@@ -6,8 +6,9 @@ exactly, by multiplying blocks of the catalog against the broadcast catalog matr
 on the driver and shipped to the tasks as a file (`recs/neighbours.py`), since exact
 costs products^2 x dimensions: hours for a million products. User recommendations come
 from the blended recommender of `recs/scoring.py`, its weights tuned on a validation
-split of the data (`recs/tuning.py`); every user's block of the catalog is scored in a
-Spark task against the broadcast model.
+split of the data (`recs/tuning.py`); each Spark task scores a block of whole users
+against the broadcast model and the customers it reads from the file Spark wrote for it
+(`recs.model.ship_customers`).
 Products a user already bought are never recommended.
 """
 
@@ -31,7 +32,7 @@ from recs.config import RecommenderSettings, RecsConfig, RuntimeSettings
 from recs.embeddings.base import normalise_rows
 from recs.io import RunPaths, write_table
 from recs.model import catalog_index, scoring_history, top_per_product, user_item_weights
-from recs.scoring import SIMILAR_CUSTOMERS, Model, recommend_block
+from recs.scoring import SIMILAR_CUSTOMERS, USERS_PER_TASK, Model, recommend_block, with_customers
 from recs.splits import protocol_for
 from recs.tuning import tuned_model
 
@@ -176,14 +177,18 @@ def similar_products(content: DataFrame, top_n: int) -> DataFrame:
     return ranked.select("product_id", "rank", F.col("neighbour_id").alias("similar_product_id"), "score")
 
 
-def score_users(spark: SparkSession, model: Model, history: DataFrame, top_n: int, users_per_task: int) -> DataFrame:
-    """Top-n per user, each Spark task scoring whole users against the broadcast model."""
+def score_users(spark: SparkSession, model: Model, history: DataFrame, top_n: int,
+                users_per_task: int = USERS_PER_TASK) -> DataFrame:
+    """Top-n per user, each Spark task scoring whole users against the broadcast model
+    (and the customers it reads from the model's `CustomerFile`)."""
     shared = spark.sparkContext.broadcast(model)
     users = history.select("user_id").distinct().count()
     buckets = max(1, -(-users // users_per_task))
 
     def score(block: pd.DataFrame) -> pd.DataFrame:
-        return recommend_block(shared.value, block.drop(columns="bucket"), top_n)
+        from pyspark import SparkFiles
+
+        return recommend_block(with_customers(shared.value, SparkFiles.get), block.drop(columns="bucket"), top_n)
 
     return (
         history.withColumn("bucket", F.pmod(F.xxhash64("user_id"), F.lit(buckets)))
@@ -213,11 +218,6 @@ def popular_products(model: Model, top_n: int) -> pd.DataFrame:
                          "score": model.trend[best].astype(float)})
 
 
-def users_per_task(products: int) -> int:
-    """Scoring holds users x products floats per signal: keep a task near 100 MB."""
-    return max(50, min(5000, 4_000_000 // max(products, 1)))
-
-
 def run(spark: SparkSession, config: RecsConfig, paths: RunPaths) -> dict:
     # Extract
     events = io.read_table(spark, paths.table("events")).cache()
@@ -233,14 +233,16 @@ def run(spark: SparkSession, config: RecsConfig, paths: RunPaths) -> dict:
     )
     content = spark.read.parquet(paths.table("content_neighbours"))
     index = catalog_index(products)
-    model, tuning = tuned_model(events, index, content.toPandas(), clusters, config, protocol_for(spark, paths))
-    # Read three times (user count, scoring, stats): aggregate the event log once.
-    history = scoring_history(user_item_weights(events, settings)).cache()
-    recommendations = explain(score_users(spark, model, history, settings.top_n, users_per_task(len(index))), products)
-    # Load
-    write_table(similar_products(content, settings.top_n), paths.table("similar_products"))
-    write_table(recommendations, paths.table("user_recommendations"))
-    write_table(spark.createDataFrame(popular_products(model, settings.top_n)), paths.table("popular_products"))
+    with io.work_folder(spark, paths, "recommend") as work:
+        model, tuning = tuned_model(events, index, content.toPandas(), clusters, config, protocol_for(spark, paths),
+                                    work)
+        # Read three times (user count, scoring, stats): aggregate the event log once.
+        history = scoring_history(user_item_weights(events, settings)).cache()
+        recommendations = explain(score_users(spark, model, history, settings.top_n), products)
+        # Load
+        write_table(similar_products(content, settings.top_n), paths.table("similar_products"))
+        write_table(recommendations, paths.table("user_recommendations"))
+        write_table(spark.createDataFrame(popular_products(model, settings.top_n)), paths.table("popular_products"))
 
     written = spark.read.parquet(paths.table("user_recommendations"))
     personal = written.where(F.col("reason_product_id").isNotNull()).count()

@@ -25,6 +25,7 @@ those slots keep every list personal (and the catalog covered).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 
@@ -44,6 +45,12 @@ TEXT_SIGNALS = ("content", "cluster")
 # user's own history behind it.
 SIMILAR_CUSTOMERS = "similar_customers"
 SIMILARITY_BLOCK = 1000  # users whose similarity to every customer is computed at once
+# What scoring reads per user: one row per (user, product) of their history.
+HISTORY_COLUMNS = ("user_id", "product_id", "weight", "purchased", "strongest_event", "recency")
+# Users a Spark task scores at once: its memory grows with users x candidates (a few
+# hundred each), and each task also pays for per-catalog work (the cluster order), so
+# fewer, larger tasks are cheaper than many small ones.
+USERS_PER_TASK = 2000
 
 
 @dataclass
@@ -154,8 +161,51 @@ class Customers:
 
     index: ItemIndex  # customer ids
     profiles: sparse.csr_matrix  # customers x products, 0/1 rows scaled to unit length
+    # profiles' entries through which a customer can be found: only a product's most
+    # recent customers (`finder`, chosen in Spark), so a best-seller's thousands of
+    # customers are not all compared with one another
+    finders: sparse.csr_matrix
     recent: sparse.csr_matrix  # customers x products, event weights halved with age
     neighbours: int  # similar customers consulted per user
+
+
+@dataclass(frozen=True)
+class CustomerFile:
+    """Where a Spark task finds the customers: a Parquet folder of (user_id, position,
+    finder, weight columns) rows that Spark wrote and shipped to every executor with
+    `addFile` (`recs.model.ship_customers`). It grows with the customers, so neither
+    the driver nor a broadcast ever holds it; each Python worker reads it once."""
+
+    name: str  # the folder's name for SparkFiles.get
+    weight: str  # the column of the chosen half-life
+    neighbours: int
+
+
+@dataclass
+class ClusterLayout:
+    """Each cluster's products, most popular first, for the "cluster" signal."""
+
+    clusters: int
+    membership: sparse.csr_matrix  # products x clusters, 0/1
+    order: np.ndarray  # product positions by cluster, then by popularity (clustered ones first)
+    sizes: np.ndarray  # products per cluster
+    starts: np.ndarray  # where each cluster's products start in `order`
+    best_trend: np.ndarray  # the popularity of each cluster's most popular product
+
+
+def cluster_layout(cluster_of: np.ndarray, trend: np.ndarray) -> ClusterLayout:
+    clustered = cluster_of >= 0
+    clusters = int(cluster_of.max()) + 1 if clustered.any() else 0
+    membership = sparse.csr_matrix(
+        (np.ones(int(clustered.sum())), (np.flatnonzero(clustered), cluster_of[clustered])),
+        shape=(len(cluster_of), clusters),
+    )
+    order = np.lexsort((-trend, np.where(clustered, cluster_of, clusters)))
+    sizes = np.bincount(cluster_of[clustered], minlength=clusters)
+    best_trend = np.zeros(clusters)
+    np.maximum.at(best_trend, cluster_of[clustered], trend[clustered])
+    return ClusterLayout(clusters, membership, order, sizes, np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(
+        np.int64), best_trend)
 
 
 @dataclass
@@ -168,9 +218,20 @@ class Model:
     trend: np.ndarray  # popularity per product position, max 1
     weights: dict[str, float]
     recent_items_for_next: int = 5
-    customers: Customers | None = None
+    customers: Customers | None = None  # in memory, or ...
+    customer_file: CustomerFile | None = None  # ... read in the task (`with_customers`)
     discovery_share: float = 0.0
     titles: dict[str, str] = field(default_factory=dict)
+
+    @functools.cached_property
+    def trend_order(self) -> np.ndarray:
+        """Product positions, most popular first; sorted once per worker."""
+        return np.argsort(-self.trend, kind="stable")
+
+    @functools.cached_property
+    def cluster_layout(self) -> ClusterLayout:
+        """The clusters' products by popularity, built once per worker (O(products log products))."""
+        return cluster_layout(self.cluster_of, self.trend)
 
     @functools.cached_property
     def reason_edges(self) -> sparse.csr_matrix:
@@ -197,7 +258,8 @@ def history_matrix(history: pd.DataFrame, users: list[str], index: ItemIndex, va
 
 def nearest_customers(customers: Customers, users: list[str], neighbours: int) -> sparse.csr_matrix:
     """users x customers: each user's `neighbours` most similar customers (cosine of their
-    product sets), the user left out; a row of zeros for a user who is not a customer."""
+    product sets, found through the products where they are among the `finders`), the
+    user left out; a row of zeros for a user who is not a customer."""
     rows = customers.index.positions(users)
     known = np.flatnonzero(rows >= 0)
     parts = []
@@ -205,7 +267,7 @@ def nearest_customers(customers: Customers, users: list[str], neighbours: int) -
     # share of all customers, so a similarity row is long until cut to the nearest.
     for start in range(0, len(known), SIMILARITY_BLOCK):
         block = rows[known[start:start + SIMILARITY_BLOCK]]
-        similarity = (customers.profiles[block] @ customers.profiles.T).tocsr()
+        similarity = (customers.profiles[block] @ customers.finders.T).tocsr()
         own_row = np.repeat(block, np.diff(similarity.indptr))
         similarity.data[own_row == similarity.indices] = 0  # a user is not their own neighbour
         parts.append(top_per_row(similarity, neighbours, drop_diagonal=False))
@@ -257,6 +319,31 @@ class Scores:
         return self.candidates.indices
 
 
+# The candidate table: Scores as rows, for Spark to carry between tasks and the driver.
+CANDIDATE_SCHEMA = "user_id string, position int, excluded boolean, " + ", ".join(f"{s} float" for s in SIGNALS)
+
+
+def candidate_table(scores: Scores, users: list[str]) -> pd.DataFrame:
+    """`scores` as (user_id, position, excluded, one column per signal) rows."""
+    rows = np.repeat(np.arange(len(users)), np.diff(scores.candidates.indptr))
+    return pd.DataFrame({
+        "user_id": np.asarray(users, dtype=object)[rows], "position": scores.positions.astype(np.int32),
+        "excluded": scores.excluded, **{name: scores[name] for name in SIGNALS},
+    })
+
+
+def scores_from_table(table: pd.DataFrame, users: list[str], products: int) -> Scores:
+    """`Scores` of `users` (in that order) from `candidate_table` rows in any order."""
+    rows = pd.Index(users).get_indexer(table["user_id"])
+    cols = table["position"].to_numpy(dtype=np.int64)
+    order = np.lexsort((cols, rows))
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=len(users)))])
+    candidates = sparse.csr_matrix((np.ones(len(order), dtype=np.int8), cols[order], indptr),
+                                   shape=(len(users), products))
+    return Scores(candidates, {name: table[name].to_numpy(dtype=np.float32)[order] for name in SIGNALS},
+                  table["excluded"].to_numpy(dtype=bool)[order])
+
+
 def values_at(matrix: sparse.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """The matrix's value at each (row, col), 0 where it holds no entry (a binary search
     over row-major keys: no dense row is ever built)."""
@@ -280,10 +367,10 @@ def leading(order: np.ndarray, starts: np.ndarray, lengths: np.ndarray, rows: np
     return np.repeat(rows, lengths), order[offsets]
 
 
-def popular_candidates(popularity: np.ndarray, excluded: sparse.csr_matrix, k: int):
+def popular_candidates(popularity: np.ndarray, excluded: sparse.csr_matrix, k: int, order: np.ndarray | None = None):
     """(rows, products): per user, the k most popular products they have not bought
-    (taken as the first k + bought of the popularity order)."""
-    order = np.argsort(-popularity, kind="stable")
+    (taken as the first k + bought of the popularity `order`, when already sorted)."""
+    order = np.argsort(-popularity, kind="stable") if order is None else order
     bought = np.diff(excluded.indptr)
     lengths = np.minimum(k + bought, len(order))
     return leading(order, np.zeros(len(bought), dtype=np.int64), lengths, np.arange(len(bought)))
@@ -314,25 +401,17 @@ def signal_scores(model: Model, history: pd.DataFrame, users: list[str], k: int)
     }
     personal = {name: _per_user_normalised(matrix) for name, matrix in personal.items()}
     parts = [matrix.tocoo() for matrix in personal.values()]
-    picks = [(part.row, part.col) for part in parts] + [popular_candidates(model.trend, excluded, k)]
+    picks = [(part.row, part.col) for part in parts] + [popular_candidates(model.trend, excluded, k, model.trend_order)]
     # Interest per cluster, spread over that cluster's products by their popularity:
     # each cluster's k + (bought there) most popular products are its candidates.
-    clustered = model.cluster_of >= 0
-    clusters = int(model.cluster_of.max()) + 1 if clustered.any() else 0
-    interest = np.zeros((len(users), clusters))
-    if clusters:
-        membership = sparse.csr_matrix(
-            (np.ones(int(clustered.sum())), (np.flatnonzero(clustered), model.cluster_of[clustered])),
-            shape=(products, clusters),
-        )
-        interest = np.asarray((shares @ membership).todense())
-        order = np.lexsort((-model.trend, np.where(clustered, model.cluster_of, clusters)))
-        sizes = np.bincount(model.cluster_of[clustered], minlength=clusters)
-        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        bought_there = np.asarray((excluded @ membership).todense())
+    layout = model.cluster_layout
+    interest = np.zeros((len(users), layout.clusters))
+    if layout.clusters:
+        interest = np.asarray((shares @ layout.membership).todense())
+        bought_there = np.asarray((excluded @ layout.membership).todense())
         rows, cluster = np.nonzero(interest > 0)
-        lengths = np.minimum(k + bought_there[rows, cluster].astype(np.int64), sizes[cluster])
-        picks.append(leading(order, starts[cluster], lengths, rows))
+        lengths = np.minimum(k + bought_there[rows, cluster].astype(np.int64), layout.sizes[cluster])
+        picks.append(leading(layout.order, layout.starts[cluster], lengths, rows))
     rows = np.concatenate([r for r, _ in picks]).astype(np.int64)
     cols = np.concatenate([c for _, c in picks]).astype(np.int64)
     candidates = sparse.csr_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(len(users), products))
@@ -341,10 +420,8 @@ def signal_scores(model: Model, history: pd.DataFrame, users: list[str], k: int)
     rows = np.repeat(np.arange(len(users)), np.diff(candidates.indptr))
     cols = candidates.indices
     values = {name: values_at(matrix, rows, cols).astype(np.float32) for name, matrix in personal.items()}
-    if clusters:
-        best_per_cluster = np.zeros(clusters)
-        np.maximum.at(best_per_cluster, model.cluster_of[clustered], model.trend[clustered])
-        top = (interest * best_per_cluster[None, :]).max(axis=1)
+    if layout.clusters:
+        top = (interest * layout.best_trend[None, :]).max(axis=1)
         own = model.cluster_of[cols]
         affinity = np.where(own >= 0, interest[rows, np.maximum(own, 0)], 0.0) * model.trend[cols]
         values["cluster"] = np.divide(affinity, top[rows], out=np.zeros_like(affinity),
@@ -548,14 +625,66 @@ def positions_to_matrix(pairs: pd.DataFrame, size: int, value: str) -> sparse.cs
         shape=(size, size))
 
 
+def customers_by_weight(rows: pd.DataFrame, products: int, weights: list[str], neighbours: int
+                        ) -> dict[str, Customers]:
+    """`Customers` for each weight column of (user_id, position, finder, *weights) rows
+    (a customer's recent products by catalog position), sharing one index and profiles."""
+    codes, ids = pd.factorize(rows["user_id"], sort=True)
+    cols = rows["position"].to_numpy(dtype=np.int64)
+    shape = (len(ids), products)
+    unit = (1.0 / np.sqrt(np.maximum(np.bincount(codes, minlength=len(ids)), 1)))[codes]
+    finder = rows["finder"].to_numpy(dtype=bool)
+    base = Customers(
+        index=ItemIndex(np.asarray(ids, dtype=object)),
+        profiles=sparse.csr_matrix((unit, (codes, cols)), shape=shape),
+        finders=sparse.csr_matrix((unit[finder], (codes[finder], cols[finder])), shape=shape),
+        recent=sparse.csr_matrix(shape), neighbours=neighbours,
+    )
+    return {weight: dataclasses.replace(base, recent=sparse.csr_matrix(
+        (rows[weight].to_numpy(dtype=np.float64), (codes, cols)), shape=shape)) for weight in weights}
+
+
 def customers_from_pairs(recent: pd.DataFrame, index: ItemIndex, neighbours: int) -> Customers:
-    """`Customers` from (user_id, product_id, weight) rows."""
-    customers = ItemIndex(np.array(sorted(recent["user_id"].unique()), dtype=object))
-    weights = history_matrix(recent, list(customers.ids), index)
-    profiles = (weights > 0).astype(np.float64)
-    lengths = np.sqrt(np.asarray(profiles.sum(axis=1)).ravel())
-    profiles = sparse.diags(1.0 / np.maximum(lengths, 1.0)) @ profiles
-    return Customers(index=customers, profiles=profiles.tocsr(), recent=weights, neighbours=neighbours)
+    """`Customers` from (user_id, product_id, weight) rows, every customer findable."""
+    rows = recent.assign(position=index.positions(recent["product_id"]), finder=True)
+    return customers_by_weight(rows[rows["position"] >= 0], len(index), ["weight"], neighbours)["weight"]
+
+
+@functools.lru_cache(maxsize=2)
+def read_customers(path: str, products: int) -> dict[str, Customers]:
+    """Every weight column's `Customers` of a `CustomerFile` folder, once per process
+    (`neighbours` left 0 for the caller to set)."""
+    rows = pd.read_parquet(path)
+    weights = [c for c in rows.columns if c.startswith("weight")]
+    return customers_by_weight(rows, products, weights, 0)
+
+
+def with_customers(model: Model, locate) -> Model:
+    """`model`, its customers read from its `customer_file` (found at `locate(name)`:
+    SparkFiles.get in a task) unless already there. Sets them on `model` itself: a
+    task's model is its worker's copy of the broadcast, kept for the next tasks."""
+    if model.customers is None and model.customer_file is not None:
+        file = model.customer_file
+        customers = read_customers(locate(file.name), len(model.index))[file.weight]
+        model.customers = dataclasses.replace(customers, neighbours=file.neighbours)
+    return model
+
+
+def neighbour_tops(customers: dict[float, Customers], users: list[str], excluded: sparse.csr_matrix,
+                   sizes: list[int], k: int) -> dict[tuple[float, int], np.ndarray]:
+    """users x k top lists of the "neighbours" signal alone, for each (half-life, number
+    of similar customers). Who is similar to whom does not depend on the half-life (it
+    only weighs what they bought): the nearest are found once, for the largest number,
+    and each smaller number keeps its nearest of those."""
+    products = excluded.shape[1]
+    nearest_of_all = nearest_customers(next(iter(customers.values())), users, max(sizes))
+    tops = {}
+    for size in sizes:
+        nearest = top_per_row(nearest_of_all, size, drop_diagonal=False)
+        for half_life, by_half_life in customers.items():
+            scores = neighbour_scores(by_half_life, users, products, nearest)
+            tops[half_life, size] = top_k(scores, excluded, k)[0]
+    return tops
 
 
 def ndcg(positions: np.ndarray, relevant: sparse.csr_matrix) -> float:

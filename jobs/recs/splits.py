@@ -31,7 +31,7 @@ TIME_SPLIT, LEAVE_LAST_OUT = "time_split", "leave_last_out"
 @dataclass
 class Split:
     train: DataFrame
-    relevant: pd.DataFrame  # user_id, product_id
+    relevant: DataFrame  # user_id, product_id: every test user's, so never collected whole
     protocol: str
 
 
@@ -48,7 +48,7 @@ def time_split(events: DataFrame, days: int) -> Split:
         .join(train.select("user_id").distinct(), "user_id")
         .join(bought_before, ["user_id", "product_id"], "left_anti")
     )
-    return Split(train, relevant.toPandas(), TIME_SPLIT)
+    return Split(train, relevant, TIME_SPLIT)
 
 
 def leave_last_out(events: DataFrame) -> Split:
@@ -66,7 +66,7 @@ def leave_last_out(events: DataFrame) -> Split:
         .join(train.select("user_id").distinct(), "user_id")
         .join(train_pairs, ["user_id", "product_id"], "left_anti")
     )
-    return Split(train, relevant.toPandas(), LEAVE_LAST_OUT)
+    return Split(train, relevant, LEAVE_LAST_OUT)
 
 
 def make_split(events: DataFrame, protocol: str, days: int) -> Split:
@@ -77,7 +77,7 @@ def make_split(events: DataFrame, protocol: str, days: int) -> Split:
 class EvalSet:
     """A split as numpy: its test users' histories, what to exclude, what is relevant."""
 
-    users: list[str]  # those with a relevant product, or a seeded sample of them (`sampled_users`)
+    users: list[str]  # those with a relevant product, or a seeded sample of them (`sampled_users`), sorted
     history: pd.DataFrame
     excluded: sparse.csr_matrix
     relevant: sparse.csr_matrix
@@ -87,25 +87,28 @@ class EvalSet:
     window_users: int  # users with a relevant product, before sampling
 
 
-def sampled_users(users, limit: int, seed: int) -> list[str]:
-    """All of `users` (sorted) when there are at most `limit`, else a seeded sample of
-    `limit` of them: the same users for the same input and seed."""
-    users = sorted(users)
-    if len(users) <= limit:
-        return users
-    chosen = np.random.default_rng(seed).choice(len(users), size=limit, replace=False)
-    return [users[i] for i in sorted(chosen)]
+def sampled_users(relevant: DataFrame, limit: int, seed: int) -> list[str]:
+    """All users of `relevant` (sorted) when there are at most `limit`, else a seeded
+    sample of `limit` of them, drawn in Spark (the users with the smallest seeded hash):
+    the same users for the same input and seed, and only `limit` ids reach the driver."""
+    users = relevant.select("user_id").distinct()
+    draw = F.xxhash64("user_id", F.lit(int(seed)))
+    chosen = users.orderBy(draw, "user_id").limit(int(limit)).toPandas()["user_id"]
+    return sorted(chosen)
 
 
 def eval_set(split: Split, index: ItemIndex, config: RecsConfig, half_life_days: float | None = None) -> EvalSet:
-    relevant = split.relevant[index.positions(split.relevant["product_id"]) >= 0]
-    window_users = relevant["user_id"].nunique()
-    users = sampled_users(relevant["user_id"].unique(), config.evaluation.eval_users, config.runtime.seed)
-    relevant = relevant[relevant["user_id"].isin(set(users))]
     spark = split.train.sparkSession
-    wanted = spark.createDataFrame(pd.DataFrame({"user_id": users}, dtype=object), schema="user_id string")
+    catalog = F.broadcast(recommender.catalog_positions(spark, index).select("product_id"))
+    window = split.relevant.join(catalog, "product_id").persist()
+    window_users = window.select("user_id").distinct().count()
+    users = sampled_users(window, config.evaluation.eval_users, config.runtime.seed)
+    wanted = F.broadcast(spark.createDataFrame(pd.DataFrame({"user_id": users}, dtype=object),
+                                               schema="user_id string"))
+    relevant = window.join(wanted, "user_id").select("user_id", "product_id").toPandas()
+    window.unpersist()
     user_items = recommender.user_item_weights(split.train, config.recommender, half_life_days)
-    history = recommender.scoring_history(user_items.join(F.broadcast(wanted), "user_id")).toPandas()
+    history = recommender.scoring_history(user_items.join(wanted, "user_id")).toPandas()
     bought = history[history["purchased"]].assign(one=1.0)
     buyers = (
         split.train.where(F.col("event_type") == "purchase").groupBy("product_id")

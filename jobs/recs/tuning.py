@@ -20,7 +20,7 @@ from pyspark.sql import DataFrame
 from recs import model as recommender
 from recs import scoring
 from recs.config import RecommenderSettings, RecsConfig
-from recs.scoring import Customers, ItemIndex, Model, Scores
+from recs.scoring import CustomerFile, ItemIndex, Model, Scores
 from recs.splits import EvalSet, eval_set, make_split
 
 log = logging.getLogger(__name__)
@@ -43,30 +43,19 @@ def tune_trend_half_life(
 
 
 def tune_neighbours(
-    events: DataFrame, index: ItemIndex, evaluation: EvalSet, settings: RecommenderSettings, k: int
-) -> tuple[RecommenderSettings, Customers]:
+    events: DataFrame, index: ItemIndex, evaluation: EvalSet, settings: RecommenderSettings, k: int, work: str
+) -> tuple[RecommenderSettings, CustomerFile]:
     """`settings` with the half-life and the number of similar customers whose
-    "neighbours" signal alone ranks best at `k` on `evaluation`, and those customers.
-
-    Who is similar to whom does not depend on the half-life (it only weighs what they
-    bought): the similarities are computed once, for the largest number of customers,
-    and each smaller number keeps its nearest of those."""
+    "neighbours" signal alone ranks best at `k` on `evaluation`, and those customers
+    (counted on `events`, shipped to the tasks from the `work` folder)."""
     half_lives = sorted({settings.neighbour_half_life_days, *NEIGHBOUR_HALF_LIVES})
     sizes = sorted({settings.neighbour_users, *NEIGHBOUR_USERS})
-    profiles = recommender.customer_profiles_by_half_life(events, index, settings, half_lives)
-    # (The longest half-life's profiles: the least likely to lose a very old purchase to underflow.)
-    nearest_of_all = scoring.nearest_customers(profiles[half_lives[-1]], evaluation.users, sizes[-1])
-    results = {}
-    for users in sizes:
-        nearest = scoring.top_per_row(nearest_of_all, users, drop_diagonal=False)
-        for half_life in half_lives:
-            customers = dataclasses.replace(profiles[half_life], neighbours=users)
-            scores = scoring.neighbour_scores(customers, evaluation.users, len(index), nearest)
-            top = scoring.top_k(scores, evaluation.excluded, k)[0]
-            results[half_life, users] = (scoring.ndcg(top, evaluation.relevant), customers)
-    half_life, users = max(results, key=lambda key: (results[key][0], -key[0], -key[1]))
+    files = recommender.ship_customers(events, index, settings, half_lives, work)
+    tops = recommender.neighbour_grid(events.sparkSession, index, files, evaluation.history, evaluation.users, sizes, k)
+    results = {key: scoring.ndcg(top, evaluation.relevant) for key, top in tops.items()}
+    half_life, users = max(results, key=lambda key: (results[key], -key[0], -key[1]))
     tuned = dataclasses.replace(settings, neighbour_half_life_days=half_life, neighbour_users=users)
-    return tuned, results[half_life, users][1]
+    return tuned, dataclasses.replace(files[half_life], neighbours=users)
 
 
 @dataclass
@@ -75,18 +64,18 @@ class TimeSettings:
 
     settings: RecommenderSettings  # with the chosen neighbour_users and neighbour_half_life_days
     trend_half_life_days: float
-    customers: Customers | None  # the chosen similar customers, counted on the validation train part
+    customers: CustomerFile | None  # the chosen similar customers, counted on the validation train part
 
 
 def tune_time_settings(
-    train: DataFrame, index: ItemIndex, validation: EvalSet, settings: RecommenderSettings, k: int
+    train: DataFrame, index: ItemIndex, validation: EvalSet, settings: RecommenderSettings, k: int, work: str
 ) -> TimeSettings:
     """The trending half-life and the similar customers, chosen at `k` on `validation`
     (whose history is `train`); the configured ones without validation users."""
     if not validation.users:
         return TimeSettings(settings, settings.trend_half_life_days, None)
     half_life, _ = tune_trend_half_life(train, index, validation, settings, k)
-    tuned, customers = tune_neighbours(train, index, validation, settings, k)
+    tuned, customers = tune_neighbours(train, index, validation, settings, k, work)
     return TimeSettings(tuned, half_life, customers)
 
 
@@ -103,34 +92,36 @@ def tune(
 
 def tuned_model(
     events: DataFrame, index: ItemIndex, content: pd.DataFrame, clusters: pd.DataFrame, config: RecsConfig,
-    protocol: str,
+    protocol: str, work: str,
 ) -> tuple[Model, dict]:
     """Choose the blend weights, the trend half-life and the similar customers on a
-    validation split carved from `events`, then fit on all of `events` with them.
+    validation split carved from `events`, then fit on all of `events` with them
+    (`work`: a folder for what the Spark tasks read, `recommender.ship_customers`).
 
     Takes the whole configuration, unlike the functions above: the split and its
     evaluation set come from the evaluation settings (and the seed); the model gets
     the recommender's settings only."""
     settings, k = config.recommender, config.evaluation.eval_k
     if not settings.tune_weights:
-        return recommender.fit_model(events, index, content, clusters, settings), {"tuned": False}
+        return recommender.fit_model(events, index, content, clusters, settings, work), {"tuned": False}
     validation = make_split(events, protocol, config.evaluation.eval_days)
-    validation_set = eval_set(validation, index, config) if not validation.relevant.empty else None
-    if validation_set is None or not validation_set.users:
+    validation_set = eval_set(validation, index, config)
+    if not validation_set.users:
         log.warning("no validation users: using the configured weights")
-        return recommender.fit_model(events, index, content, clusters, settings), {"tuned": False}
-    chosen = tune_time_settings(validation.train, index, validation_set, settings, k)
+        return recommender.fit_model(events, index, content, clusters, settings, work), {"tuned": False}
+    chosen = tune_time_settings(validation.train, index, validation_set, settings, k, work)
     settings, half_life = chosen.settings, chosen.trend_half_life_days
     validation_model = recommender.fit_model(
-        validation.train, index, content, clusters, settings, trend_half_life_days=half_life,
+        validation.train, index, content, clusters, settings, work, trend_half_life_days=half_life,
         customers=chosen.customers,
     )
-    scores = scoring.signal_scores(validation_model, validation_set.history, validation_set.users, k)
+    scores = recommender.candidate_scores(validation_model, validation_set.history, validation_set.users, k,
+                                          events.sparkSession)
     weights, validation_ndcg = tune(scores, validation_set, recommender.default_weights(settings), k)
     log.info("tuned on %d validation users: weights %s, trend half-life %s days, %d similar customers with a "
              "half-life of %s days, NDCG@%d %.4f", len(validation_set.users), weights, half_life,
              settings.neighbour_users, settings.neighbour_half_life_days, k, validation_ndcg)
-    model = recommender.fit_model(events, index, content, clusters, settings, weights, half_life)
+    model = recommender.fit_model(events, index, content, clusters, settings, work, weights, half_life)
     return model, {
         "tuned": True, "weights": weights, "trend_half_life_days": half_life,
         "neighbour_half_life_days": settings.neighbour_half_life_days, "neighbour_users": settings.neighbour_users,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from datetime import datetime, timedelta
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from pyspark import SparkFiles
 from scipy import sparse
 
 from recs import model, scoring, tuning
@@ -131,7 +133,7 @@ def events_frame(rows):
     return pd.DataFrame(rows, columns=["user_id", "product_id", "event_type", "quantity", "ts"])
 
 
-def test_no_leakage_from_the_test_window(spark):
+def test_no_leakage_from_the_test_window(spark, tmp_path):
     """Everybody buys X in the test window only: nothing trained before the cutoff may know X."""
     start = datetime(2026, 1, 1)
     rows = []
@@ -144,12 +146,12 @@ def test_no_leakage_from_the_test_window(spark):
     config = RecsConfig.from_settings(dict(eval_days=30, k_min=2, neighbours_per_product=5, top_n=3, eval_k=3))
     split = time_split(events, config.evaluation.eval_days)
     assert split.train.where("product_id = 'X'").count() == 0
-    assert set(split.relevant["product_id"]) == {"X", "p7"}
+    assert {row["product_id"] for row in split.relevant.collect()} == {"X", "p7"}
 
     index = scoring.ItemIndex(np.array(["X", "p1", "p2", "p3", "p4", "p5", "p6", "p7"]))
     content = pd.DataFrame({"product_id": ["p1"], "neighbour_id": ["X"], "score": [0.9]})
     clusters = pd.DataFrame({"product_id": index.ids, "cluster": [0, 0, 0, 0, 1, 1, 1, 1]})
-    fitted = model.fit_model(split.train, index, content, clusters, config.recommender)
+    fitted = model.fit_model(split.train, index, content, clusters, config.recommender, str(tmp_path))
     x = index.positions(["X"])[0]
     assert fitted.trend[x] == 0
     for name in ("covisit", "ease", "next"):
@@ -158,10 +160,11 @@ def test_no_leakage_from_the_test_window(spark):
     test = eval_set(split, index, config)
     assert test.buyers[x] == 0
     # Only text (known before the cutoff) may point at X; behaviour and popularity may not.
-    scores = scoring.signal_scores(fitted, test.history, test.users, config.evaluation.eval_k)
+    scores = model.candidate_scores(fitted, test.history, test.users, config.evaluation.eval_k, spark)
     for name in ("covisit", "ease", "next", "neighbours", "trend"):
         assert not scores[name][scores.positions == x].any(), name
-    assert fitted.customers.recent[:, x].nnz == 0
+    customers = scoring.read_customers(SparkFiles.get(fitted.customer_file.name), len(index))
+    assert customers[fitted.customer_file.weight].recent[:, x].nnz == 0
 
 
 def hand_customers(neighbours: int) -> scoring.Customers:
@@ -223,7 +226,7 @@ def test_ranked_gives_the_last_slots_to_the_users_own_signals():
     np.testing.assert_array_equal(positions, [[0, 1, 5, 2]] * 2)
 
 
-def test_tune_neighbours_returns_the_customers_of_the_chosen_settings(spark):
+def test_tune_neighbours_returns_the_customers_of_the_chosen_settings(spark, tmp_path):
     # Pairs of customers who buy alike; in the window each buys what their twin bought last.
     start = datetime(2026, 1, 1)
     rows = []
@@ -238,15 +241,19 @@ def test_tune_neighbours_returns_the_customers_of_the_chosen_settings(spark):
     split = time_split(events, config.evaluation.eval_days)
     index = scoring.ItemIndex(np.array(sorted({row[1] for row in rows})))
     evaluation = eval_set(split, index, config)
-    tuned, customers = tuning.tune_neighbours(split.train, index, evaluation, config.recommender, 3)
+    tuned, file = tuning.tune_neighbours(split.train, index, evaluation, config.recommender, 3, str(tmp_path))
     assert tuned.neighbour_half_life_days in {5.0, *tuning.NEIGHBOUR_HALF_LIVES}
     assert tuned.neighbour_users in {50, *tuning.NEIGHBOUR_USERS}
-    assert customers.neighbours == tuned.neighbour_users
+    assert file.neighbours == tuned.neighbour_users
     # The customers are those of the chosen half-life: the same as counting afresh with it.
-    fresh = model.customer_profiles(split.train, index, tuned)
-    np.testing.assert_allclose(customers.recent.toarray(), fresh.recent.toarray())
+    customers = scoring.read_customers(SparkFiles.get(file.name), len(index))[file.weight]
+    fresh = model.ship_customers(split.train, index, tuned, [tuned.neighbour_half_life_days], str(tmp_path))
+    fresh = fresh[tuned.neighbour_half_life_days]
+    fresh_customers = scoring.read_customers(SparkFiles.get(fresh.name), len(index))[fresh.weight]
+    np.testing.assert_allclose(customers.recent.toarray(), fresh_customers.recent.toarray())
     # Each user's twin is their nearest customer: the signal finds every window purchase.
-    scores = scoring.neighbour_scores(customers, evaluation.users, len(index))
+    scores = scoring.neighbour_scores(dataclasses.replace(customers, neighbours=file.neighbours), evaluation.users,
+                                      len(index))
     top = scoring.top_k(scores, evaluation.excluded, 3)[0]
     assert scoring.ndcg(top, evaluation.relevant) == pytest.approx(1.0)
 
@@ -321,3 +328,50 @@ def test_the_blend_over_candidates_equals_the_blend_over_the_whole_catalog(seed,
     expected_positions, expected_best = dense_top_k(fitted, history, users, weights, k)
     np.testing.assert_allclose(best, expected_best, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(positions, expected_positions)
+
+
+def test_candidate_scores_from_the_tasks_equal_the_driver_scores(spark, tmp_path):
+    """Tuning and evaluation score their users in Spark tasks, which read the customers
+    from the shipped file: the candidate table they send back is what scoring on the
+    driver with those customers in memory gives."""
+    rng = np.random.default_rng(3)
+    start = datetime(2026, 1, 1)
+    rows = [(f"u{rng.integers(60)}", f"p{rng.integers(40):02d}", str(rng.choice(["view", "purchase"])), 1,
+             start + timedelta(days=int(rng.integers(90)))) for _ in range(900)]
+    events = spark.createDataFrame(events_frame(rows))
+    settings = RecsConfig.from_settings(dict(neighbour_users=5, k_min=2)).recommender
+    index = scoring.ItemIndex(np.array(sorted({row[1] for row in rows})))
+    clusters = pd.DataFrame({"product_id": index.ids, "cluster": np.arange(len(index)) % 4})
+    content = pd.DataFrame(columns=["product_id", "neighbour_id", "score"])
+    fitted = model.fit_model(events, index, content, clusters, settings, str(tmp_path))
+    history = model.scoring_history(model.user_item_weights(events, settings)).toPandas()
+    users = sorted(history["user_id"].unique())
+    from_tasks = model.candidate_scores(fitted, history, users, 5, spark)
+    assert fitted.customers is None  # the driver's model never loaded them
+    in_memory = scoring.with_customers(dataclasses.replace(fitted), SparkFiles.get)
+    local = scoring.signal_scores(in_memory, history, users, 5)
+    np.testing.assert_array_equal(from_tasks.candidates.indptr, local.candidates.indptr)
+    np.testing.assert_array_equal(from_tasks.candidates.indices, local.candidates.indices)
+    for name in scoring.SIGNALS:
+        np.testing.assert_allclose(from_tasks[name], local[name], rtol=1e-6, err_msg=name)
+    np.testing.assert_array_equal(from_tasks.excluded, local.excluded)
+    assert from_tasks["neighbours"].any()
+
+
+def test_eval_set_draws_its_sample_of_users_in_spark(spark):
+    start = datetime(2026, 1, 1)
+    rows = []
+    for u in range(300):
+        rows.append((f"u{u:03d}", f"p{u % 7}", "purchase", 1, start))
+        rows.append((f"u{u:03d}", f"p{(u + 1) % 7}", "purchase", 1, start + timedelta(days=60)))
+    events = spark.createDataFrame(events_frame(rows))
+    index = scoring.ItemIndex(np.array([f"p{i}" for i in range(7)]))
+    split = time_split(events, 30)
+
+    def sample(seed: int):
+        return eval_set(split, index, RecsConfig.from_settings(dict(eval_days=30, eval_users=100, seed=seed)))
+
+    first, again, other = sample(7), sample(7), sample(8)
+    assert first.window_users == 300 and len(first.users) == 100 and first.users == sorted(first.users)
+    assert first.users == again.users and first.users != other.users  # seeded
+    assert first.relevant.nnz == 100 and set(first.history["user_id"]) == set(first.users)

@@ -3,27 +3,30 @@ catalogs small enough to work out by hand."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
 import pytest
+from pyspark import SparkFiles
 from scipy import sparse
 
+import recs.model
 from recs.config import RecommenderSettings
 from recs.model import (
     count_pairs,
     covisit_edges,
-    customer_profiles,
     ease_counts,
     pair_counts,
     recent_history,
     scoring_history,
+    ship_customers,
     transition_counts,
     user_item_weights,
 )
-from recs.recommend import content_neighbours, explain, popular_products, score_users, similar_products, users_per_task
+from recs.recommend import content_neighbours, explain, popular_products, score_users, similar_products
 from recs.scoring import (
     EDGE_SIGNALS,
     SIGNALS,
@@ -31,7 +34,9 @@ from recs.scoring import (
     ItemIndex,
     Model,
     customers_from_pairs,
+    nearest_customers,
     pairs_to_matrix,
+    read_customers,
     recommend_block,
     top_k,
     top_per_row,
@@ -485,15 +490,13 @@ def test_score_users_and_explain(spark):
     assert {user: sum(1 for row in got if row[0] == user) for user in ("U1", "U2", "U3")} == {"U1": 2, "U2": 2, "U3": 2}
 
 
-def test_popular_products_and_users_per_task():
+def test_popular_products():
     popular = popular_products(hand_model(), 3)
     assert popular.to_dict("list") == {"rank": [1, 2, 3], "product_id": ["P1", "P5", "P4"], "score": [1.0, 0.9, 0.3]}
-    assert users_per_task(1) == 5000
-    assert users_per_task(1000) == 4000
-    assert users_per_task(1_000_000) == 50
 
 
-def test_customer_profiles_from_events(spark):
+def test_customers_from_events_reach_the_tasks(spark, tmp_path, monkeypatch):
+    monkeypatch.setattr(recs.model, "FINDERS_PER_PRODUCT", 1)  # a product's most recent customer only
     settings = RecommenderSettings(purchase_weight=5.0, view_weight=1.0, neighbour_half_life_days=7.0,
                                    neighbour_users=3, max_history_for_pairs=2)
     events = spark.createDataFrame(
@@ -502,13 +505,25 @@ def test_customer_profiles_from_events(spark):
             ("U1", "P2", "purchase", 1, NOW - timedelta(days=7)),  # one half-life: counts half
             ("U1", "P3", "view", 1, NOW - timedelta(days=30)),  # beyond U1's 2 most recent products
             ("U2", "P3", "view", 1, NOW - timedelta(days=14)),
+            ("U3", "P3", "view", 1, NOW),  # P3's most recent customer
         ],
         EVENTS_SCHEMA,
     )
-    customers = customer_profiles(events, ItemIndex(np.array(IDS)), settings)
-    assert list(customers.index.ids) == ["U1", "U2"] and customers.neighbours == 3
-    np.testing.assert_allclose(customers.recent.toarray(), [[5.0, 2.5, 0, 0, 0], [0, 0, 0.25, 0, 0]])
-    np.testing.assert_allclose(customers.profiles.toarray(), [[0.5**0.5, 0.5**0.5, 0, 0, 0], [0, 0, 1.0, 0, 0]])
+    files = ship_customers(events, ItemIndex(np.array(IDS)), settings, [7.0, 14.0], str(tmp_path))
+    assert {(f.weight, f.neighbours) for f in files.values()} == {("weight_0", 3), ("weight_1", 3)}
+    assert len({f.name for f in files.values()}) == 1
+    # What a task reads: SparkFiles holds the folder that addFile shipped.
+    customers = read_customers(SparkFiles.get(files[7.0].name), len(IDS))
+    week, fortnight = customers["weight_0"], customers["weight_1"]
+    assert list(week.index.ids) == ["U1", "U2", "U3"]
+    np.testing.assert_allclose(week.recent.toarray(), [[5.0, 2.5, 0, 0, 0], [0, 0, 0.25, 0, 0], [0, 0, 1.0, 0, 0]])
+    np.testing.assert_allclose(fortnight.recent.toarray()[1], [0, 0, 0.5, 0, 0])
+    half = 0.5**0.5
+    np.testing.assert_allclose(week.profiles.toarray(), [[half, half, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 1, 0, 0]])
+    # U2 is not among P3's most recent customers: nobody finds U2 through it.
+    np.testing.assert_allclose(week.finders.toarray(), [[half, half, 0, 0, 0], [0, 0, 0, 0, 0], [0, 0, 1, 0, 0]])
+    nearest = nearest_customers(dataclasses.replace(week, neighbours=2), ["U2", "U3"], 2).toarray()
+    np.testing.assert_allclose(nearest, [[0, 0, 1.0], [0, 0, 0]])  # U2 finds U3; U3 cannot find U2
 
 
 def test_picks_of_similar_customers_say_so(spark):
