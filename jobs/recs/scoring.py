@@ -168,6 +168,11 @@ class Customers:
     recent: sparse.csr_matrix  # customers x products, event weights halved with age
     neighbours: int  # similar customers consulted per user
 
+    @functools.cached_property
+    def finders_by_product(self) -> sparse.csr_matrix:
+        """products x customers: `finders` transposed once per worker, not once per block of users."""
+        return self.finders.T.tocsr()
+
 
 @dataclass(frozen=True)
 class CustomerFile:
@@ -267,7 +272,7 @@ def nearest_customers(customers: Customers, users: list[str], neighbours: int) -
     # share of all customers, so a similarity row is long until cut to the nearest.
     for start in range(0, len(known), SIMILARITY_BLOCK):
         block = rows[known[start:start + SIMILARITY_BLOCK]]
-        similarity = (customers.profiles[block] @ customers.finders.T).tocsr()
+        similarity = (customers.profiles[block] @ customers.finders_by_product).tocsr()
         own_row = np.repeat(block, np.diff(similarity.indptr))
         similarity.data[own_row == similarity.indices] = 0  # a user is not their own neighbour
         parts.append(top_per_row(similarity, neighbours, drop_diagonal=False))
