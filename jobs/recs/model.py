@@ -20,7 +20,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from scipy import sparse
 
-from recs import scoring
+from recs import io, scoring
 from recs.config import RecommenderSettings
 from recs.scoring import (
     SIGNALS,
@@ -305,14 +305,17 @@ def customer_histories(events: DataFrame, index: ItemIndex, settings: Recommende
 
 def ship_customers(events: DataFrame, index: ItemIndex, settings: RecommenderSettings, half_lives: list[float],
                    work: str) -> dict[float, CustomerFile]:
-    """Write `customer_histories` under the `work` folder and ship it to every executor
-    (`addFile`); a `CustomerFile` per half-life. The driver never reads it: it grows
+    """Write `customer_histories` under the `work` folder and ship its files to every
+    executor (`addFile`); a `CustomerFile` per half-life. The driver never reads it: it grows
     with the customers."""
     path = f"{work}/customers-{uuid.uuid4().hex}"
     customer_histories(events, index, settings, half_lives).write.parquet(path)
-    events.sparkSession.sparkContext.addFile(path, recursive=True)
-    name = path.rsplit("/", 1)[-1]
-    return {half_life: CustomerFile(name, f"weight_{i}", settings.neighbour_users)
+    # File by file: Spark ships a local folder only on a local master, files anywhere.
+    # (Each part file's name holds the write's unique id.)
+    names = tuple(name for name in io.list_dir(events.sparkSession, path) if name.endswith(".parquet"))
+    for name in names:
+        events.sparkSession.sparkContext.addFile(f"{path}/{name}")
+    return {half_life: CustomerFile(names, f"weight_{i}", settings.neighbour_users)
             for i, half_life in enumerate(half_lives)}
 
 
@@ -339,16 +342,16 @@ def candidate_scores(model: Model, history: pd.DataFrame, users: list[str], k: i
 def neighbour_grid(spark: SparkSession, index: ItemIndex, files: dict[float, CustomerFile], history: pd.DataFrame,
                    users: list[str], sizes: list[int], k: int) -> dict[tuple[float, int], np.ndarray]:
     """`scoring.neighbour_tops` of `users` (their rows of `history`), computed by Spark
-    tasks that read the customers of every half-life from `files` (one folder)."""
-    names = {file.name for file in files.values()}
-    if len(names) != 1:
-        raise ValueError(f"the half-lives' customers must come from one folder, not {sorted(names)}")
-    name, columns = names.pop(), {half_life: file.weight for half_life, file in files.items()}
+    tasks that read the customers of every half-life from `files` (one write)."""
+    parts = {file.parts for file in files.values()}
+    if len(parts) != 1:
+        raise ValueError("the half-lives' customers must come from one write")
+    names, columns = parts.pop(), {half_life: file.weight for half_life, file in files.items()}
     shared = spark.sparkContext.broadcast(index)
 
     def tops(block: pd.DataFrame) -> pd.DataFrame:
         catalog = shared.value
-        by_weight = scoring.read_customers(SparkFiles.get(name), len(catalog))
+        by_weight = scoring.read_customers(tuple(SparkFiles.get(name) for name in names), len(catalog))
         block_users = list(dict.fromkeys(block["user_id"]))
         bought = scoring.history_matrix(block[block["purchased"]].assign(one=1.0), block_users, catalog, "one")
         found = scoring.neighbour_tops({h: by_weight[c] for h, c in columns.items()}, block_users, bought, sizes, k)

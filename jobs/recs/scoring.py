@@ -176,12 +176,12 @@ class Customers:
 
 @dataclass(frozen=True)
 class CustomerFile:
-    """Where a Spark task finds the customers: a Parquet folder of (user_id, position,
+    """Where a Spark task finds the customers: the Parquet files of (user_id, position,
     finder, weight columns) rows that Spark wrote and shipped to every executor with
-    `addFile` (`recs.model.ship_customers`). It grows with the customers, so neither
-    the driver nor a broadcast ever holds it; each Python worker reads it once."""
+    `addFile` (`recs.model.ship_customers`). They grow with the customers, so neither
+    the driver nor a broadcast ever holds them; each Python worker reads them once."""
 
-    name: str  # the folder's name for SparkFiles.get
+    parts: tuple[str, ...]  # the files' names for SparkFiles.get
     weight: str  # the column of the chosen half-life
     neighbours: int
 
@@ -656,21 +656,21 @@ def customers_from_pairs(recent: pd.DataFrame, index: ItemIndex, neighbours: int
 
 
 @functools.lru_cache(maxsize=2)
-def read_customers(path: str, products: int) -> dict[str, Customers]:
-    """Every weight column's `Customers` of a `CustomerFile` folder, once per process
+def read_customers(paths: tuple[str, ...], products: int) -> dict[str, Customers]:
+    """Every weight column's `Customers` of a `CustomerFile`'s files, once per process
     (`neighbours` left 0 for the caller to set)."""
-    rows = pd.read_parquet(path)
+    rows = pd.concat([pd.read_parquet(path) for path in paths], ignore_index=True)
     weights = [c for c in rows.columns if c.startswith("weight")]
     return customers_by_weight(rows, products, weights, 0)
 
 
 def with_customers(model: Model, locate) -> Model:
-    """`model`, its customers read from its `customer_file` (found at `locate(name)`:
-    SparkFiles.get in a task) unless already there. Sets them on `model` itself: a
-    task's model is its worker's copy of the broadcast, kept for the next tasks."""
+    """`model`, its customers read from its `customer_file` (each file found at
+    `locate(name)`: SparkFiles.get in a task) unless already there. Sets them on `model`
+    itself: a task's model is its worker's copy of the broadcast, kept for the next tasks."""
     if model.customers is None and model.customer_file is not None:
         file = model.customer_file
-        customers = read_customers(locate(file.name), len(model.index))[file.weight]
+        customers = read_customers(tuple(locate(name) for name in file.parts), len(model.index))[file.weight]
         model.customers = dataclasses.replace(customers, neighbours=file.neighbours)
     return model
 

@@ -163,7 +163,7 @@ def test_no_leakage_from_the_test_window(spark, tmp_path):
     scores = model.candidate_scores(fitted, test.history, test.users, config.evaluation.eval_k, spark)
     for name in ("covisit", "ease", "next", "neighbours", "trend"):
         assert not scores[name][scores.positions == x].any(), name
-    customers = scoring.read_customers(SparkFiles.get(fitted.customer_file.name), len(index))
+    customers = scoring.read_customers(tuple(map(SparkFiles.get, fitted.customer_file.parts)), len(index))
     assert customers[fitted.customer_file.weight].recent[:, x].nnz == 0
 
 
@@ -246,10 +246,10 @@ def test_tune_neighbours_returns_the_customers_of_the_chosen_settings(spark, tmp
     assert tuned.neighbour_users in {50, *tuning.NEIGHBOUR_USERS}
     assert file.neighbours == tuned.neighbour_users
     # The customers are those of the chosen half-life: the same as counting afresh with it.
-    customers = scoring.read_customers(SparkFiles.get(file.name), len(index))[file.weight]
+    customers = scoring.read_customers(tuple(map(SparkFiles.get, file.parts)), len(index))[file.weight]
     fresh = model.ship_customers(split.train, index, tuned, [tuned.neighbour_half_life_days], str(tmp_path))
     fresh = fresh[tuned.neighbour_half_life_days]
-    fresh_customers = scoring.read_customers(SparkFiles.get(fresh.name), len(index))[fresh.weight]
+    fresh_customers = scoring.read_customers(tuple(map(SparkFiles.get, fresh.parts)), len(index))[fresh.weight]
     np.testing.assert_allclose(customers.recent.toarray(), fresh_customers.recent.toarray())
     # Each user's twin is their nearest customer: the signal finds every window purchase.
     scores = scoring.neighbour_scores(dataclasses.replace(customers, neighbours=file.neighbours), evaluation.users,

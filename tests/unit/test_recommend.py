@@ -511,9 +511,9 @@ def test_customers_from_events_reach_the_tasks(spark, tmp_path, monkeypatch):
     )
     files = ship_customers(events, ItemIndex(np.array(IDS)), settings, [7.0, 14.0], str(tmp_path))
     assert {(f.weight, f.neighbours) for f in files.values()} == {("weight_0", 3), ("weight_1", 3)}
-    assert len({f.name for f in files.values()}) == 1
-    # What a task reads: SparkFiles holds the folder that addFile shipped.
-    customers = read_customers(SparkFiles.get(files[7.0].name), len(IDS))
+    assert len({f.parts for f in files.values()}) == 1
+    # What a task reads: SparkFiles holds the files that addFile shipped.
+    customers = read_customers(tuple(map(SparkFiles.get, files[7.0].parts)), len(IDS))
     week, fortnight = customers["weight_0"], customers["weight_1"]
     assert list(week.index.ids) == ["U1", "U2", "U3"]
     np.testing.assert_allclose(week.recent.toarray(), [[5.0, 2.5, 0, 0, 0], [0, 0, 0.25, 0, 0], [0, 0, 1.0, 0, 0]])
