@@ -197,6 +197,28 @@ def test_neighbour_scores_keep_only_the_nearest_customers():
     assert two[3:].all()  # "far" too
 
 
+def test_nearest_customers_through_the_finders_equal_the_exact_cosine_when_all_are_finders():
+    rng = np.random.default_rng(5)
+    rows = pd.DataFrame({"user_id": [f"c{rng.integers(300):03d}" for _ in range(2000)],
+                         "position": rng.zipf(1.5, 2000) % 60, "weight": 1.0}).drop_duplicates(["user_id", "position"])
+    users = sorted(rows["user_id"].unique())[:50]
+    every = scoring.customers_by_weight(rows.assign(finder=True), 60, ["weight"], 10)["weight"]
+    exact = (every.profiles @ every.profiles.T).toarray()
+    np.fill_diagonal(exact, 0)
+    nearest = scoring.nearest_customers(every, users, 10).toarray()
+    for row, user in enumerate(users):
+        mine = exact[every.index.positions([user])[0]]
+        chosen = np.flatnonzero(nearest[row])
+        assert len(chosen) == min(10, np.count_nonzero(mine))
+        np.testing.assert_allclose(nearest[row, chosen], mine[chosen])
+        assert mine[chosen].min() >= np.sort(mine)[-10] - 1e-12  # the 10 most similar (ties either way)
+    # Without the popular products' older customers as finders, a user finds fewer of them.
+    recent_only = rows.assign(finder=rows.groupby("position").cumcount() < 5)
+    capped = scoring.customers_by_weight(recent_only, 60, ["weight"], 10)["weight"]
+    found = scoring.nearest_customers(capped, users, 300)
+    assert found.nnz < scoring.nearest_customers(every, users, 300).nnz
+
+
 def test_discovery_slots():
     assert [scoring.discovery_slots(k, 0.3) for k in (1, 2, 5, 10, 20)] == [0, 1, 2, 3, 6]
     assert scoring.discovery_slots(10, 0.0) == 0
