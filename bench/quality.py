@@ -14,12 +14,15 @@ data root. The last line is one JSON object:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -38,10 +41,21 @@ from recs.runtime import build_spark  # noqa: E402
 ABLATIONS = ("without_time", "without_text")
 
 
-def evaluate_dataset(spark, name: str, input_path: str, input_format: str, data_root: str) -> pd.DataFrame:
-    config = RecsConfig.load(
-        {"input_path": input_path, "input_format": input_format, "data_root": data_root}
-    )
+@dataclass
+class Prepared:
+    """A data set after the steps before evaluation, ready to evaluate with any settings."""
+
+    name: str
+    paths: RunPaths
+    settings: dict  # the overrides that read it
+    content: pd.DataFrame
+    clusters: pd.DataFrame
+
+
+def prepare_dataset(spark, name: str, input_path: str, input_format: str, data_root: str) -> Prepared:
+    """Run preprocess, embed, PCA, clustering and the content neighbours on a data set."""
+    settings = {"input_path": input_path, "input_format": input_format, "data_root": data_root}
+    config = RecsConfig.load(settings)
     paths = RunPaths(config.input.data_root, f"bench_{name}")
     for step in (preprocess, embed, pca, cluster):
         started = time.monotonic()
@@ -52,15 +66,27 @@ def evaluate_dataset(spark, name: str, input_path: str, input_format: str, data_
     content = content_neighbours(spark, embeddings, config.recommender.neighbours_per_product,
                                  exact_max=config.recommender.exact_neighbours_max, seed=config.runtime.seed).toPandas()
     clusters = io.read_table(spark, paths.table("product_clusters")).select("product_id", "cluster").toPandas()
+    return Prepared(name, paths, settings, content, clusters)
+
+
+def evaluate_prepared(spark, prepared: Prepared, **overrides) -> tuple[pd.DataFrame, dict]:
+    """The evaluate step's protocol on a prepared data set: (run_metrics rows, tuning)."""
+    config = RecsConfig.load({**prepared.settings, **overrides})
+    paths = prepared.paths
     products = io.read_table(spark, paths.table("products"))
     events = io.read_table(spark, paths.table("events")).cache()
     started = time.monotonic()
     with io.work_folder(spark, paths, "evaluate") as work:
-        metrics, tuning = evaluate.evaluate_methods(
-            events, catalog_index(products), content, clusters, config, evaluate.protocol_for(spark, paths), work
-        )
-    print(f"[{name}] evaluate: {time.monotonic() - started:.0f}s; tuned: {json.dumps(tuning, default=str)}", flush=True)
-    return metrics
+        metrics, tuning = evaluate.evaluate_methods(events, catalog_index(products), prepared.content,
+                                                    prepared.clusters, config, evaluate.protocol_for(spark, paths),
+                                                    work)
+    print(f"[{prepared.name}] evaluate {overrides or ''}: {time.monotonic() - started:.0f}s; "
+          f"tuned: {json.dumps(tuning, default=str)}", flush=True)
+    return metrics, tuning
+
+
+def evaluate_dataset(spark, name: str, input_path: str, input_format: str, data_root: str) -> pd.DataFrame:
+    return evaluate_prepared(spark, prepare_dataset(spark, name, input_path, input_format, data_root))[0]
 
 
 def summarise(metrics, k: int) -> dict:
@@ -91,15 +117,18 @@ def print_table(name: str, metrics, k: int) -> None:
     print(f"\nNDCG@{k} by segment:\n" + segments.to_string(float_format=lambda v: f"{v:.4f}"))
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--online-retail", default=str(SHARED / "online_retail" / "online_retail.csv.gz"))
     parser.add_argument("--amazon", nargs=2, metavar=("ITEMS_JSON", "INTERACTIONS_JSON"),
                         default=[str(SHARED / "amazon_office" / "office.item.json.gz"),
                                  str(SHARED / "amazon_office" / "office.inter.json.gz")])
     parser.add_argument("--only", choices=["online_retail", "amazon_office"], help="run one data set")
-    args = parser.parse_args(argv)
 
+
+@contextlib.contextmanager
+def bench_datasets(args: argparse.Namespace, app_name: str) -> Iterator[tuple]:
+    """(spark, {name: (input path, input format)}, data root) on a scratch folder,
+    removed after; the data sets are read where they are (never copied)."""
     scratch = tempfile.mkdtemp(prefix="recs-bench-")
     # The Amazon importer reads a folder with *item.json* and *inter.json*.
     amazon = os.path.join(scratch, "amazon_input")
@@ -110,21 +139,28 @@ def main(argv: list[str] | None = None) -> None:
         "online_retail": (args.online_retail, "online_retail"),
         "amazon_office": (amazon, "amazon_reviews"),
     }
-    config = RecsConfig.load()
+    datasets = {name: dataset for name, dataset in datasets.items() if args.only in (None, name)}
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # the workers need this venv's packages
-    spark = build_spark("recs-bench-quality", config)
+    spark = build_spark(app_name, RecsConfig.load())
     spark.sparkContext.setLogLevel("WARN")
-    results = {}
     try:
-        for name, (path, input_format) in datasets.items():
-            if args.only and name != args.only:
-                continue
-            metrics = evaluate_dataset(spark, name, path, input_format, os.path.join(scratch, "data"))
-            print_table(name, metrics, config.evaluation.eval_k)
-            results[name] = summarise(metrics, config.evaluation.eval_k)
+        yield spark, datasets, os.path.join(scratch, "data")
     finally:
         spark.stop()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_data_arguments(parser)
+    args = parser.parse_args(argv)
+    k = RecsConfig.load().evaluation.eval_k
+    results = {}
+    with bench_datasets(args, "recs-bench-quality") as (spark, datasets, data_root):
+        for name, (path, input_format) in datasets.items():
+            metrics = evaluate_dataset(spark, name, path, input_format, data_root)
+            print_table(name, metrics, k)
+            results[name] = summarise(metrics, k)
     print(json.dumps(results, sort_keys=True))
 
 
