@@ -29,7 +29,7 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
-sys.path.insert(0, str(REPO / "jobs"))
+sys.path[:0] = [str(REPO / "jobs"), str(REPO / "plugins")]
 
 from recs import cluster, embed, evaluate, io, pca, preprocess  # noqa: E402
 from recs.config import RecsConfig  # noqa: E402
@@ -37,6 +37,7 @@ from recs.io import RunPaths  # noqa: E402
 from recs.model import catalog_index  # noqa: E402
 from recs.recommend import content_neighbours  # noqa: E402
 from recs.runtime import build_spark  # noqa: E402
+from recs_airflow.spark_tasks import local_driver_memory  # noqa: E402
 
 ABLATIONS = ("without_time", "without_text")
 
@@ -141,7 +142,12 @@ def bench_datasets(args: argparse.Namespace, app_name: str) -> Iterator[tuple]:
     }
     datasets = {name: dataset for name, dataset in datasets.items() if args.only in (None, name)}
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # the workers need this venv's packages
-    spark = build_spark(app_name, RecsConfig.load())
+    # The driver memory the DAG's tasks get on `local[*]`: the JVM starts here, so spark-submit's arguments.
+    config = RecsConfig.load()
+    heap, max_result = local_driver_memory(config)
+    os.environ["PYSPARK_SUBMIT_ARGS"] = (
+        f"--driver-memory {heap} --conf spark.driver.maxResultSize={max_result} pyspark-shell")
+    spark = build_spark(app_name, config)
     spark.sparkContext.setLogLevel("WARN")
     try:
         yield spark, datasets, os.path.join(scratch, "data")

@@ -330,13 +330,13 @@ def candidate_scores(model: Model, history: pd.DataFrame, users: list[str], k: i
 
     def score(block: pd.DataFrame) -> pd.DataFrame:
         fitted = scoring.with_customers(shared.value, SparkFiles.get)
-        block_users = list(dict.fromkeys(block["user_id"]))
-        return scoring.candidate_table(scoring.signal_scores(fitted, block, block_users, k), block_users)
+        rows = block.drop_duplicates("user_id")
+        scores = scoring.signal_scores(fitted, block, list(rows["user_id"]), k)
+        return scoring.candidate_table(scores, rows["row"].to_numpy())
 
-    table = _by_user_bucket(spark, history, len(users)).applyInPandas(
-        score, scoring.CANDIDATE_SCHEMA).toPandas()
+    table = _by_user_bucket(spark, history, users).applyInPandas(score, scoring.CANDIDATE_SCHEMA).toPandas()
     shared.unpersist()
-    return scoring.scores_from_table(table, users, len(model.index))
+    return scoring.scores_from_table(table, len(users), len(model.index))
 
 
 def neighbour_grid(spark: SparkSession, index: ItemIndex, files: dict[float, CustomerFile], history: pd.DataFrame,
@@ -352,31 +352,35 @@ def neighbour_grid(spark: SparkSession, index: ItemIndex, files: dict[float, Cus
     def tops(block: pd.DataFrame) -> pd.DataFrame:
         catalog = shared.value
         by_weight = scoring.read_customers(tuple(SparkFiles.get(name) for name in names), len(catalog))
-        block_users = list(dict.fromkeys(block["user_id"]))
+        rows = block.drop_duplicates("user_id")
+        block_users = list(rows["user_id"])
         bought = scoring.history_matrix(block[block["purchased"]].assign(one=1.0), block_users, catalog, "one")
         found = scoring.neighbour_tops({h: by_weight[c] for h, c in columns.items()}, block_users, bought, sizes, k)
         return pd.concat([
-            pd.DataFrame({"user_id": np.repeat(np.asarray(block_users, dtype=object), top.shape[1]),
-                          "half_life": half_life, "size": size, "slot": np.tile(np.arange(top.shape[1]), len(top)),
-                          "position": top.ravel()})
+            pd.DataFrame({"row": np.repeat(rows["row"].to_numpy(), top.shape[1]),
+                          "half_life": half_life, "size": size,
+                          "slot": np.tile(np.arange(top.shape[1], dtype=np.int32), len(top)),
+                          "position": top.ravel().astype(np.int32)})
             for (half_life, size), top in found.items()])
 
-    table = _by_user_bucket(spark, history, len(users)).applyInPandas(
-        tops, "user_id string, half_life double, size int, slot int, position long").toPandas()
+    table = _by_user_bucket(spark, history, users).applyInPandas(
+        tops, "row int, half_life double, size int, slot int, position int").toPandas()
     shared.unpersist()
-    rows = pd.Index(users).get_indexer(table["user_id"])
     result = {}
     for (half_life, size), part in table.groupby(["half_life", "size"]):
         top = np.full((len(users), k), -1, dtype=np.int64)
-        top[rows[part.index], part["slot"].to_numpy()] = part["position"].to_numpy()
+        top[part["row"].to_numpy(), part["slot"].to_numpy()] = part["position"].to_numpy()
         result[half_life, int(size)] = top
     return result
 
 
-def _by_user_bucket(spark: SparkSession, history: pd.DataFrame, users: int):
-    """`history` (pandas) as a Spark table grouped into buckets of whole users."""
-    buckets = max(1, -(-users // scoring.USERS_PER_TASK))
-    frame = spark.createDataFrame(history[list(scoring.HISTORY_COLUMNS)])
+def _by_user_bucket(spark: SparkSession, history: pd.DataFrame, users: list[str]):
+    """The rows of `users` in `history` (pandas), with each user's `row` number in
+    `users`, as a Spark table grouped into buckets of whole users."""
+    buckets = max(1, -(-len(users) // scoring.USERS_PER_TASK))
+    rows = pd.Index(users).get_indexer(history["user_id"])
+    history = history[list(scoring.HISTORY_COLUMNS)].assign(row=rows.astype(np.int32))[rows >= 0]
+    frame = spark.createDataFrame(history)
     return frame.withColumn("bucket", F.pmod(F.xxhash64("user_id"), F.lit(buckets))).groupBy("bucket")
 
 

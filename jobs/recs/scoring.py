@@ -325,26 +325,28 @@ class Scores:
 
 
 # The candidate table: Scores as rows, for Spark to carry between tasks and the driver.
-CANDIDATE_SCHEMA = "user_id string, position int, excluded boolean, " + ", ".join(f"{s} float" for s in SIGNALS)
+# A user is their row number in the list the driver scores (4 bytes, not their id).
+CANDIDATE_SCHEMA = "row int, position int, excluded boolean, " + ", ".join(f"{s} float" for s in SIGNALS)
 
 
-def candidate_table(scores: Scores, users: list[str]) -> pd.DataFrame:
-    """`scores` as (user_id, position, excluded, one column per signal) rows."""
-    rows = np.repeat(np.arange(len(users)), np.diff(scores.candidates.indptr))
+def candidate_table(scores: Scores, rows: np.ndarray) -> pd.DataFrame:
+    """`scores` as (row, position, excluded, one column per signal) rows, `rows` being
+    the row number of each of the scored users."""
     return pd.DataFrame({
-        "user_id": np.asarray(users, dtype=object)[rows], "position": scores.positions.astype(np.int32),
+        "row": np.repeat(np.asarray(rows, dtype=np.int32), np.diff(scores.candidates.indptr)),
+        "position": scores.positions.astype(np.int32),
         "excluded": scores.excluded, **{name: scores[name] for name in SIGNALS},
     })
 
 
-def scores_from_table(table: pd.DataFrame, users: list[str], products: int) -> Scores:
-    """`Scores` of `users` (in that order) from `candidate_table` rows in any order."""
-    rows = pd.Index(users).get_indexer(table["user_id"])
+def scores_from_table(table: pd.DataFrame, users: int, products: int) -> Scores:
+    """`Scores` of `users` users from `candidate_table` rows in any order."""
+    rows = table["row"].to_numpy(dtype=np.int64)
     cols = table["position"].to_numpy(dtype=np.int64)
     order = np.lexsort((cols, rows))
-    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=len(users)))])
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=users))])
     candidates = sparse.csr_matrix((np.ones(len(order), dtype=np.int8), cols[order], indptr),
-                                   shape=(len(users), products))
+                                   shape=(users, products))
     return Scores(candidates, {name: table[name].to_numpy(dtype=np.float32)[order] for name in SIGNALS},
                   table["excluded"].to_numpy(dtype=bool)[order])
 
