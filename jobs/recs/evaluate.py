@@ -89,6 +89,11 @@ def als_top(train: DataFrame, index: ItemIndex, users: list[str], excluded: spar
 # --- Evaluation run ------------------------------------------------------------------
 
 
+def without_customers(model: Model) -> Model:
+    """`model` without its similar customers, for a method that weighs them 0."""
+    return dataclasses.replace(model, customers=None, customer_file=None)
+
+
 def segments(evaluation: EvalSet) -> dict[str, tuple[np.ndarray, sparse.csr_matrix]]:
     """(rows of users, relevant matrix) per segment."""
     few = evaluation.purchases_per_user <= FEW_PURCHASES
@@ -201,7 +206,9 @@ def evaluate_methods(
     tops["als"] = als_top(split.train, index, test.users, test.excluded, k, ALS_GRID[als_index], config.runtime.seed,
                           config.runtime.als_blocks)
     # Cluster-only: plain (undecayed) popularity inside the user's favourite clusters.
-    popular_model = dataclasses.replace(test_model, trend=test.buyers / max(test.buyers.max(), 1))
+    # (Scored without the similar customers, on the driver: a signal weighed 0 adds no
+    # product to a top k without discovery slots, so they would cost a Spark pass for nothing.)
+    popular_model = dataclasses.replace(without_customers(test_model), trend=test.buyers / max(test.buyers.max(), 1))
     cluster_only = candidate_scores(popular_model, test)
     tops["cluster_only"] = scoring.ranked(cluster_only, {"cluster": 1.0}, k, 0.0)[0]
 

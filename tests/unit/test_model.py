@@ -397,3 +397,19 @@ def test_eval_set_draws_its_sample_of_users_in_spark(spark):
     assert first.window_users == 300 and len(first.users) == 100 and first.users == sorted(first.users)
     assert first.users == again.users and first.users != other.users  # seeded
     assert first.relevant.nnz == 100 and set(first.history["user_id"]) == set(first.users)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_signal_weighed_zero_can_be_left_out_of_the_candidates(seed):
+    """The evaluate step scores cluster-only without the similar customers (their weight
+    is 0 there, and it has no discovery slots): the lists must be the same as with them."""
+    fitted, history, users = random_shop(seed)
+    fitted.weights = dict.fromkeys(scoring.SIGNALS, 1.0) | {"neighbours": 0.0}
+    with_them = scoring.signal_scores(fitted, history, users, 5)
+    without = scoring.signal_scores(dataclasses.replace(fitted, customers=None), history, users, 5)
+    assert with_them.candidates.nnz > without.candidates.nnz  # the customers did add candidates
+    for weights, share in ((fitted.weights, 0.0), ({"cluster": 1.0}, 0.0)):
+        # The same blended scores slot by slot (products tied on them may swap places).
+        # (With discovery slots they can differ; cluster-only has none.)
+        np.testing.assert_allclose(scoring.ranked(with_them, weights, 5, share)[1],
+                                   scoring.ranked(without, weights, 5, share)[1], rtol=1e-6)
