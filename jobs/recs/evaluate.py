@@ -21,7 +21,8 @@ from scipy import sparse
 
 from recs import io, scoring
 from recs import model as recommender
-from recs.config import RecsConfig
+from recs.concurrency import concurrently, in_background
+from recs.config import RecsConfig, RuntimeSettings
 from recs.io import RunPaths, write_table
 from recs.metrics import best_baseline, metrics_at_k
 from recs.ordering import fixed_order
@@ -86,6 +87,22 @@ def als_top(train: DataFrame, index: ItemIndex, users: list[str], excluded: spar
     ]) if users else np.zeros((0, k), dtype=np.int64)
 
 
+def als_baseline(validation_train: DataFrame, train: DataFrame, index: ItemIndex, validation: EvalSet,
+                 test: EvalSet, k: int, runtime: RuntimeSettings) -> tuple[np.ndarray, dict]:
+    """ALS's top k for the test users, and its parameters: those of `ALS_GRID` that rank
+    best on validation (the grid's fits run at once, `recs/concurrency.py`); the first
+    without validation users."""
+    best = 0
+    if validation.users:
+        tops = concurrently(
+            lambda params: als_top(validation_train, index, validation.users, validation.excluded, k, params,
+                                   runtime.seed, runtime.als_blocks), ALS_GRID)
+        quality = [scoring.ndcg(top, validation.relevant) for top in tops]
+        best = quality.index(max(quality))
+    top = als_top(train, index, test.users, test.excluded, k, ALS_GRID[best], runtime.seed, runtime.als_blocks)
+    return top, ALS_GRID[best]
+
+
 # --- Evaluation run ------------------------------------------------------------------
 
 
@@ -140,8 +157,10 @@ def evaluate_methods(
     inner = make_split(split.train, protocol, config.evaluation.eval_days)
     validation = eval_set(inner, index, config)
     log.info("%s: %d test users, %d validation users", protocol, len(test.users), len(validation.users))
-    train_counts = recommender.count_pairs(split.train, index, config.recommender)
-    inner_counts = recommender.count_pairs(inner.train, index, config.recommender)
+    # ALS (Spark fits, a few at once) runs beside everything else: nothing here needs it before the end.
+    als = in_background(als_baseline, inner.train, split.train, index, validation, test, k, config.runtime)
+    train_counts, inner_counts = concurrently(
+        lambda train: recommender.count_pairs(train, index, config.recommender), [split.train, inner.train])
     cluster_of = scoring.cluster_positions(index, clusters)
     tops: dict[str, np.ndarray] = {}
     # Too short a history for a validation window: every method keeps its defaults.
@@ -157,33 +176,34 @@ def evaluate_methods(
     # Ours: the same procedure as the recommend step, on the train part only.
     settings = tune_time_settings(inner.train, index, validation, config.recommender, k, work)
     ours, half_life, validation_customers = settings.settings, settings.trend_half_life_days, settings.customers
-    validation_model = recommender.fit_model(inner.train, index, content, clusters, ours, work,
-                                             trend_half_life_days=half_life, counts=inner_counts,
-                                             customers=validation_customers)
-    test_model = recommender.fit_model(split.train, index, content, clusters, ours, work,
-                                       trend_half_life_days=half_life, counts=train_counts)
+    validation_model, test_model = concurrently(lambda fit: recommender.fit_model(
+        fit[0], index, content, clusters, ours, work, trend_half_life_days=half_life, counts=fit[1],
+        customers=fit[2]), [(inner.train, inner_counts, validation_customers), (split.train, train_counts, None)])
 
-    def candidate_scores(fitted: Model, evaluation: EvalSet, history: pd.DataFrame | None = None) -> Scores:
-        history = evaluation.history if history is None else history
+    # Without time (below): no recency decay in histories, no "bought next", no similar
+    # customers' recent buys, no trending. All four candidate tables are scored at once.
+    flat = 1e9
+    flat_validation, flat_test = concurrently(lambda part: eval_set(part, index, config, half_life_days=flat),
+                                              [inner, split])
+
+    def candidate_scores(job: tuple[Model, EvalSet, pd.DataFrame]) -> Scores:
+        fitted, evaluation, history = job
         return recommender.candidate_scores(fitted, history, evaluation.users, k, events.sparkSession)
 
-    validation_scores = candidate_scores(validation_model, validation)
-    test_scores = candidate_scores(test_model, test)
+    validation_scores, test_scores, flat_validation_scores, flat_test_scores = concurrently(candidate_scores, [
+        (validation_model, validation, validation.history), (test_model, test, test.history),
+        (validation_model, validation, flat_validation.history), (test_model, test, flat_test.history)])
+    # Ours and its two ablations, each tuned on validation (numpy that mostly releases the GIL: at once).
+    variants = {
+        "published": (validation_scores, test_scores, {}),
+        "without_text": (validation_scores, test_scores, dict.fromkeys(scoring.TEXT_SIGNALS, 0.0)),
+        "without_time": (flat_validation_scores, flat_test_scores, dict.fromkeys(scoring.TIME_SIGNALS, 0.0)),
+    }
     start = recommender.default_weights(config.recommender)
-    tuned = {}
-    for name, fixed in (("published", {}), ("without_text", dict.fromkeys(scoring.TEXT_SIGNALS, 0.0))):
-        weights = tune(validation_scores, validation, start, k, fixed)[0]
-        tuned[name] = weights
-        tops[name] = scoring.ranked(test_scores, weights, k, config.recommender.discovery_share)[0]
-    # Without time: no recency decay in histories, no "bought next", no similar customers' recent buys, no trending.
-    flat = 1e9
-    flat_validation = eval_set(inner, index, config, half_life_days=flat)
-    flat_test = eval_set(split, index, config, half_life_days=flat)
-    flat_validation_scores = candidate_scores(validation_model, validation, flat_validation.history)
-    flat_test_scores = candidate_scores(test_model, test, flat_test.history)
-    weights = tune(flat_validation_scores, validation, start, k, dict.fromkeys(scoring.TIME_SIGNALS, 0.0))[0]
-    tuned["without_time"] = weights
-    tops["without_time"] = scoring.ranked(flat_test_scores, weights, k, config.recommender.discovery_share)[0]
+    tuned = dict(zip(variants, concurrently(
+        lambda variant: tune(variant[0], validation, start, k, variant[2])[0], variants.values()), strict=True))
+    for name, (_, scores, _) in variants.items():
+        tops[name] = scoring.ranked(scores, tuned[name], k, config.recommender.discovery_share)[0]
 
     # Baselines, each tuned on validation the same way.
     tops["most_popular"] = scoring.top_k_popular(test.buyers, test.excluded, k)
@@ -198,18 +218,12 @@ def evaluate_methods(
     )
     tops["ease"] = ease_top(train_counts, binary_history(test, index), test.excluded, ease_lambda,
                             config.recommender.ease_max_items, k)
-    als_index = best_on_validation(
-        dict(enumerate(ALS_GRID)),
-        lambda i: als_top(inner.train, index, validation.users, validation.excluded, k, ALS_GRID[i],
-                          config.runtime.seed, config.runtime.als_blocks),
-    )
-    tops["als"] = als_top(split.train, index, test.users, test.excluded, k, ALS_GRID[als_index], config.runtime.seed,
-                          config.runtime.als_blocks)
+    tops["als"], als_params = als.result()
     # Cluster-only: plain (undecayed) popularity inside the user's favourite clusters.
     # (Scored without the similar customers, on the driver: a signal weighed 0 adds no
     # product to a top k without discovery slots, so they would cost a Spark pass for nothing.)
     popular_model = dataclasses.replace(without_customers(test_model), trend=test.buyers / max(test.buyers.max(), 1))
-    cluster_only = candidate_scores(popular_model, test)
+    cluster_only = candidate_scores((popular_model, test, test.history))
     tops["cluster_only"] = scoring.ranked(cluster_only, {"cluster": 1.0}, k, 0.0)[0]
 
     rows = [row for method, top in tops.items() for row in metric_rows(method, top, test, cluster_of)]
@@ -219,7 +233,7 @@ def evaluate_methods(
         "tuned": can_tune,
         "weights": tuned, "trend_half_life_days": half_life, "ease_lambda": ease_lambda,
         "neighbour_half_life_days": ours.neighbour_half_life_days, "neighbour_users": ours.neighbour_users,
-        "als": {"rank": ALS_RANK, **ALS_GRID[als_index]},
+        "als": {"rank": ALS_RANK, **als_params},
     }
     return pd.DataFrame(rows), tuning
 
