@@ -27,7 +27,7 @@ from recs.io import RunPaths, write_table
 from recs.metrics import best_baseline, metrics_at_k
 from recs.ordering import fixed_order
 from recs.scoring import ItemIndex, Model, Scores
-from recs.splits import EvalSet, binary_history, eval_set, make_split, protocol_for
+from recs.splits import EvalSet, binary_history, eval_set, make_split, protocol_for, scoring_histories
 from recs.tuning import tune, tune_time_settings
 
 log = logging.getLogger(__name__)
@@ -183,8 +183,9 @@ def evaluate_methods(
     # Without time (below): no recency decay in histories, no "bought next", no similar
     # customers' recent buys, no trending. All four candidate tables are scored at once.
     flat = 1e9
-    flat_validation, flat_test = concurrently(lambda part: eval_set(part, index, config, half_life_days=flat),
-                                              [inner, split])
+    flat_validation_history, flat_test_history = concurrently(
+        lambda part: scoring_histories(part[0].train, part[1].users, config.recommender, flat),
+        [(inner, validation), (split, test)])
 
     def candidate_scores(job: tuple[Model, EvalSet, pd.DataFrame]) -> Scores:
         fitted, evaluation, history = job
@@ -192,7 +193,7 @@ def evaluate_methods(
 
     validation_scores, test_scores, flat_validation_scores, flat_test_scores = concurrently(candidate_scores, [
         (validation_model, validation, validation.history), (test_model, test, test.history),
-        (validation_model, validation, flat_validation.history), (test_model, test, flat_test.history)])
+        (validation_model, validation, flat_validation_history), (test_model, test, flat_test_history)])
     # Ours and its two ablations, each tuned on validation (numpy that mostly releases the GIL: at once).
     variants = {
         "published": (validation_scores, test_scores, {}),

@@ -21,7 +21,7 @@ from scipy import sparse
 
 from recs import io, scoring
 from recs import model as recommender
-from recs.config import RecsConfig
+from recs.config import RecommenderSettings, RecsConfig
 from recs.io import RunPaths
 from recs.scoring import ItemIndex
 
@@ -97,18 +97,28 @@ def sampled_users(relevant: DataFrame, limit: int, seed: int) -> list[str]:
     return sorted(chosen)
 
 
-def eval_set(split: Split, index: ItemIndex, config: RecsConfig, half_life_days: float | None = None) -> EvalSet:
+def _users_frame(spark: SparkSession, users: list[str]) -> DataFrame:
+    """`users` as a broadcast Spark table to join with (a bounded list: a sample at most)."""
+    return F.broadcast(spark.createDataFrame(pd.DataFrame({"user_id": users}, dtype=object), schema="user_id string"))
+
+
+def scoring_histories(train: DataFrame, users: list[str], settings: RecommenderSettings,
+                      half_life_days: float | None = None) -> pd.DataFrame:
+    """What scoring reads of `users` in `train` (`recs.model.scoring_history`), their
+    interest halved every `half_life_days` (the configured recency half-life when None)."""
+    user_items = recommender.user_item_weights(train, settings, half_life_days)
+    return recommender.scoring_history(user_items.join(_users_frame(train.sparkSession, users), "user_id")).toPandas()
+
+
+def eval_set(split: Split, index: ItemIndex, config: RecsConfig) -> EvalSet:
     spark = split.train.sparkSession
     catalog = F.broadcast(recommender.catalog_positions(spark, index).select("product_id"))
     window = split.relevant.join(catalog, "product_id").persist()
     window_users = window.select("user_id").distinct().count()
     users = sampled_users(window, config.evaluation.eval_users, config.runtime.seed)
-    wanted = F.broadcast(spark.createDataFrame(pd.DataFrame({"user_id": users}, dtype=object),
-                                               schema="user_id string"))
-    relevant = window.join(wanted, "user_id").select("user_id", "product_id").toPandas()
+    relevant = window.join(_users_frame(spark, users), "user_id").select("user_id", "product_id").toPandas()
     window.unpersist()
-    user_items = recommender.user_item_weights(split.train, config.recommender, half_life_days)
-    history = recommender.scoring_history(user_items.join(wanted, "user_id")).toPandas()
+    history = scoring_histories(split.train, users, config.recommender)
     bought = history[history["purchased"]].assign(one=1.0)
     buyers = (
         split.train.where(F.col("event_type") == "purchase").groupBy("product_id")
