@@ -4,7 +4,9 @@ The protocols (time split, leave last out) are `recs/splits.py`'s. Validation is
 carved from the train part the same way, and every hyper-parameter (ours, through
 `recs/tuning.py` as in the recommend step, and the baselines') is chosen there, never
 on the test window. The whole catalog is ranked (no sampled negatives), without what
-the user bought before.
+the user bought before. Independent Spark work (the ALS baseline beside everything
+else, both splits' counts, the four candidate tables) is submitted at once
+(`recs/concurrency.py`): alone, each leaves the cores idle between its short stages.
 """
 
 from __future__ import annotations
@@ -176,16 +178,21 @@ def evaluate_methods(
     # Ours: the same procedure as the recommend step, on the train part only.
     settings = tune_time_settings(inner.train, index, validation, config.recommender, k, work)
     ours, half_life, validation_customers = settings.settings, settings.trend_half_life_days, settings.customers
-    validation_model, test_model = concurrently(lambda fit: recommender.fit_model(
-        fit[0], index, content, clusters, ours, work, trend_half_life_days=half_life, counts=fit[1],
-        customers=fit[2]), [(inner.train, inner_counts, validation_customers), (split.train, train_counts, None)])
+
+    def fit(part: tuple[DataFrame, scoring.Counts, scoring.CustomerFile | None]) -> Model:
+        train, counts, customers = part
+        return recommender.fit_model(train, index, content, clusters, ours, work, trend_half_life_days=half_life,
+                                     counts=counts, customers=customers)
+
+    validation_model, test_model = concurrently(
+        fit, [(inner.train, inner_counts, validation_customers), (split.train, train_counts, None)])
 
     # Without time (below): no recency decay in histories, no "bought next", no similar
     # customers' recent buys, no trending. All four candidate tables are scored at once.
     flat = 1e9
     flat_validation_history, flat_test_history = concurrently(
-        lambda part: scoring_histories(part[0].train, part[1].users, config.recommender, flat),
-        [(inner, validation), (split, test)])
+        lambda part: scoring_histories(*part, config.recommender, flat),
+        [(inner.train, validation.users), (split.train, test.users)])
 
     def candidate_scores(job: tuple[Model, EvalSet, pd.DataFrame]) -> Scores:
         fitted, evaluation, history = job
