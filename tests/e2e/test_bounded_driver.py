@@ -29,6 +29,7 @@ RUN_ID = "bounded"
 SETTINGS = {
     "RECS_INPUT_FORMAT": "contract", "RECS_EMBEDDING_BACKEND": "hashing", "RECS_HASHING_DIMENSIONS": "32",
     "RECS_EVAL_USERS": "100", "RECS_EASE_MAX_ITEMS": "100", "RECS_NEIGHBOURS": "10",
+    "RECS_K": "8",  # the clusters only feed the recommend step here: no silhouette search
 }
 CONTROL = """
 import sys

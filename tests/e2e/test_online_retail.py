@@ -34,8 +34,10 @@ def test_dag_publishes_online_retail_with_openai_embeddings_and_keeps_the_key_se
                                                                                      airflow_home):
     require(ONLINE_RETAIL.exists(), f"{ONLINE_RETAIL} is not there")
     data_root = tmp_path / "data"
+    # k fixed: the silhouette search (tests/unit/test_pca_cluster.py, and the other DAG
+    # runs) would add a minute of K-means fits that nothing here looks at.
     conf = {"input_path": str(ONLINE_RETAIL), "input_format": "online_retail", "top_n": TOP_N,
-            "embedding_backend": "openai"}
+            "embedding_backend": "openai", "k": 16}
     with FakeOpenAIServer(api_key=KEY) as fake, CommandLineWatch(KEY) as watch:
         env = {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": fake.url, "RECS_EMBEDDING_DIMENSIONS": str(DIMENSIONS)}
         run_id, state = run_dag(data_root, conf, env)
