@@ -129,6 +129,49 @@ def test_tune_weights_finds_the_informative_signal():
     assert weights["ease"] > 0
 
 
+def sequential_ascent(scores, relevant, k, start, fixed, rounds=2):
+    """Coordinate ascent one candidate after the other: what `tune_weights` must equal."""
+    weights = {**start, **fixed}
+    buckets = scoring.row_buckets(scores.candidates.indptr)
+
+    def quality(candidate):
+        return scoring.ndcg(scoring.ranked(scores, candidate, k, 0.0, buckets)[0], relevant)
+
+    best = quality(weights)
+    for _ in range(rounds):
+        improved = False
+        for name in [s for s in scoring.SIGNALS if s not in fixed]:
+            for value in scoring.WEIGHT_GRID:
+                candidate = {**weights, name: value}
+                if value == weights[name] or not any(candidate.values()):
+                    continue
+                score = quality(candidate)
+                if score > best + 1e-9:
+                    weights, best, improved = candidate, score, True
+        if not improved:
+            break
+    return weights, best
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_tune_weights_ranks_a_coordinate_at_once_and_chooses_as_one_after_the_other(seed):
+    rng = np.random.default_rng(seed)
+    users, products = 80, 40
+    relevant = (sparse.random(users, products, density=0.05, random_state=seed, format="csr")
+                + sparse.csr_matrix((np.ones(users), (np.arange(users), rng.integers(0, products, users))),
+                                    shape=(users, products)))
+    relevant.data[:] = 1.0  # every user has something relevant
+    # Signals of mixed use, coarse enough to tie now and then.
+    signals = {name: np.round(rng.random((users, products)) + w * relevant.toarray(), 1)
+               for name, w in zip(scoring.SIGNALS, (0.0, 0.3, 0.1, 0.0, 0.6, 0.0, 0.2), strict=True)}
+    excluded = sparse.random(users, products, density=0.05, random_state=seed + 10, format="csr")
+    scores = dense_scores(signals, excluded)
+    start = dict.fromkeys(scoring.SIGNALS, 0.5)
+    fixed = {"content": 0.0}
+    assert scoring.tune_weights(scores, relevant, 5, start, fixed) == sequential_ascent(scores, relevant, 5, start,
+                                                                                         fixed)
+
+
 def events_frame(rows):
     return pd.DataFrame(rows, columns=["user_id", "product_id", "event_type", "quantity", "ts"])
 
