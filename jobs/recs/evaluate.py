@@ -4,9 +4,10 @@ The protocols (time split, leave last out) are `recs/splits.py`'s. Validation is
 carved from the train part the same way, and every hyper-parameter (ours, through
 `recs/tuning.py` as in the recommend step, and the baselines') is chosen there, never
 on the test window. The whole catalog is ranked (no sampled negatives), without what
-the user bought before. Independent Spark work (the ALS baseline beside everything
-else, both splits' counts, the four candidate tables) is submitted at once
-(`recs/concurrency.py`): alone, each leaves the cores idle between its short stages.
+the user bought before. The ALS baseline runs beside everything else, its grid's fits
+at once (`recs/concurrency.py`): alone, each leaves the cores idle between its short
+stages. What collects large results to the driver (the edges, the candidate tables)
+runs one at a time.
 """
 
 from __future__ import annotations
@@ -161,8 +162,9 @@ def evaluate_methods(
     log.info("%s: %d test users, %d validation users", protocol, len(test.users), len(validation.users))
     # ALS (Spark fits, a few at once) runs beside everything else: nothing here needs it before the end.
     als = in_background(als_baseline, inner.train, split.train, index, validation, test, k, config.runtime)
-    train_counts, inner_counts = concurrently(
-        lambda train: recommender.count_pairs(train, index, config.recommender), [split.train, inner.train])
+    # One at a time: each collects its edges (EASE's up to ease_max_items squared) to the driver.
+    train_counts = recommender.count_pairs(split.train, index, config.recommender)
+    inner_counts = recommender.count_pairs(inner.train, index, config.recommender)
     cluster_of = scoring.cluster_positions(index, clusters)
     tops: dict[str, np.ndarray] = {}
     # Too short a history for a validation window: every method keeps its defaults.
@@ -178,17 +180,14 @@ def evaluate_methods(
     # Ours: the same procedure as the recommend step, on the train part only.
     settings = tune_time_settings(inner.train, index, validation, config.recommender, k, work)
     ours, half_life, validation_customers = settings.settings, settings.trend_half_life_days, settings.customers
-
-    def fit(part: tuple[DataFrame, scoring.Counts, scoring.CustomerFile | None]) -> Model:
-        train, counts, customers = part
-        return recommender.fit_model(train, index, content, clusters, ours, work, trend_half_life_days=half_life,
-                                     counts=counts, customers=customers)
-
-    validation_model, test_model = concurrently(
-        fit, [(inner.train, inner_counts, validation_customers), (split.train, train_counts, None)])
+    validation_model = recommender.fit_model(inner.train, index, content, clusters, ours, work,
+                                             trend_half_life_days=half_life, counts=inner_counts,
+                                             customers=validation_customers)
+    test_model = recommender.fit_model(split.train, index, content, clusters, ours, work,
+                                       trend_half_life_days=half_life, counts=train_counts)
 
     # Without time (below): no recency decay in histories, no "bought next", no similar
-    # customers' recent buys, no trending. All four candidate tables are scored at once.
+    # customers' recent buys, no trending.
     flat = 1e9
     flat_validation_history, flat_test_history = concurrently(
         lambda part: scoring_histories(*part, config.recommender, flat),
@@ -198,7 +197,9 @@ def evaluate_methods(
         fitted, evaluation, history = job
         return recommender.candidate_scores(fitted, history, evaluation.users, k, events.sparkSession)
 
-    validation_scores, test_scores, flat_validation_scores, flat_test_scores = concurrently(candidate_scores, [
+    # One candidate table at a time: each passes through the driver JVM's heap on its way (at
+    # 10,000 users of a 100k-product shop, four at once overflowed a 6 GiB heap).
+    validation_scores, test_scores, flat_validation_scores, flat_test_scores = (candidate_scores(job) for job in [
         (validation_model, validation, validation.history), (test_model, test, test.history),
         (validation_model, validation, flat_validation_history), (test_model, test, flat_test_history)])
     # Ours and its two ablations, each tuned on validation (numpy that mostly releases the GIL: at once).

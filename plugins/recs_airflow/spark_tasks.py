@@ -52,6 +52,7 @@ SPARK_CONF = {
 }
 
 MIB = 2**20
+EXIT_ON_OUT_OF_MEMORY = "-XX:+ExitOnOutOfMemoryError"
 
 
 def local_driver_memory(config: RecsConfig, total_bytes: int | None = None) -> tuple[str, str]:
@@ -215,12 +216,16 @@ class RecsSparkSubmitOperator(SparkSubmitOperator):
         return {"error": errors.one_line(record.get("error", "")), "final": bool(record.get("final"))}
 
     def size_local_driver(self) -> None:
-        """On `local[*]`, give the driver its heap and result limit (a cluster's
-        connection and spark-defaults.conf decide there; nothing is changed)."""
+        """On `local[*]`, give the driver its heap and result limit, and make it exit
+        when that heap runs out (a cluster's connection and spark-defaults.conf decide
+        there; nothing is changed). Without the exit, an OutOfMemoryError in one of
+        Spark's own threads (the one that receives task results) leaves the job waiting
+        for a result that never comes: the step hung until the task timeout."""
         if is_local_master(self._conn_id):
             memory, max_result = local_driver_memory(RecsConfig.load())
             self._driver_memory = self._driver_memory or memory
-            self.conf = {"spark.driver.maxResultSize": max_result, **(self.conf or {})}
+            self.conf = {"spark.driver.maxResultSize": max_result,
+                         "spark.driver.extraJavaOptions": EXIT_ON_OUT_OF_MEMORY, **(self.conf or {})}
 
 
 def spark_step(step: str, **kwargs) -> RecsSparkSubmitOperator:
