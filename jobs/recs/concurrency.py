@@ -1,15 +1,15 @@
 """Independent Spark jobs submitted together, from a few driver threads.
 
-A grid of small seeded fits (K-means for each k, ALS for each regularisation) is bound
-by the latency of Spark's many short stages more than by the cores: while one job waits
-for its next stage, another's tasks run. Spark schedules the jobs of several driver
-threads on the same executors, and a fit's result does not depend on what runs beside
-it. Measured on Online Retail, local[*] on 2 cores: 9 K-means fits and their silhouettes
-in 32.5 s one after the other, 21.6 s three at a time; 3 ALS fits of rank 64 in 22 s and
-15 s.
+A grid of small seeded fits (ALS for each regularisation) is bound by the latency of
+Spark's many short stages as much as by the cores: while one job waits for its next
+stage, another's tasks run. Spark schedules the jobs of several driver threads on the
+same executors, and a fit's result does not depend on what runs beside it. The numpy
+work between jobs (an ALS baseline's top k, ranking candidates while tuning) releases
+the GIL in its inner loops, so it overlaps with the jobs too; `in_background` uses that.
 
-The numpy work between jobs (an ALS baseline's top k, the blend's tuning) releases the
-GIL in its inner loops, so it overlaps with the jobs too; `in_background` uses that.
+What collects a large result to the driver must not run beside another such job: each
+result passes through the driver JVM's heap (four candidate tables at once overflowed
+a 6 GiB heap at 100k products).
 """
 
 from __future__ import annotations

@@ -202,17 +202,18 @@ def evaluate_methods(
     validation_scores, test_scores, flat_validation_scores, flat_test_scores = (candidate_scores(job) for job in [
         (validation_model, validation, validation.history), (test_model, test, test.history),
         (validation_model, validation, flat_validation_history), (test_model, test, flat_test_history)])
-    # Ours and its two ablations, each tuned on validation (numpy that mostly releases the GIL: at once).
+    # Ours and its two ablations, each tuned on validation (one after the other: each ranks
+    # its grid's values at once already, and each ranking holds a copy of the candidates).
     variants = {
         "published": (validation_scores, test_scores, {}),
         "without_text": (validation_scores, test_scores, dict.fromkeys(scoring.TEXT_SIGNALS, 0.0)),
         "without_time": (flat_validation_scores, flat_test_scores, dict.fromkeys(scoring.TIME_SIGNALS, 0.0)),
     }
     start = recommender.default_weights(config.recommender)
-    tuned = dict(zip(variants, concurrently(
-        lambda variant: tune(variant[0], validation, start, k, variant[2])[0], variants.values()), strict=True))
-    for name, (_, scores, _) in variants.items():
-        tops[name] = scoring.ranked(scores, tuned[name], k, config.recommender.discovery_share)[0]
+    tuned = {}
+    for name, (on_validation, on_test, fixed) in variants.items():
+        tuned[name] = tune(on_validation, validation, start, k, fixed)[0]
+        tops[name] = scoring.ranked(on_test, tuned[name], k, config.recommender.discovery_share)[0]
 
     # Baselines, each tuned on validation the same way.
     tops["most_popular"] = scoring.top_k_popular(test.buyers, test.excluded, k)

@@ -713,9 +713,9 @@ def tune_weights(
 ) -> tuple[dict[str, float], float]:
     """Coordinate ascent on validation NDCG@k over the blend weights; `fixed` ones stay.
 
-    A coordinate's grid values are ranked at once (numpy's partitions release the GIL:
-    on 2 cores the 10,000 validation users of a 100k-product shop tune in about half the
-    time), then taken in grid order as if one after the other: the same weights."""
+    A coordinate's grid values are ranked at once (numpy's partitions release the GIL,
+    so they share the cores), then taken in grid order as if one after the other: the
+    same weights."""
     fixed = fixed or {}
     weights = {**start, **fixed}
     buckets = row_buckets(scores.candidates.indptr)
