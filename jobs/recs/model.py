@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -334,7 +335,7 @@ def candidate_scores(model: Model, history: pd.DataFrame, users: list[str], k: i
         scores = scoring.signal_scores(fitted, block, list(rows["user_id"]), k)
         return scoring.candidate_table(scores, rows["row"].to_numpy())
 
-    table = _by_user_bucket(spark, history, users).applyInPandas(score, scoring.CANDIDATE_SCHEMA).toPandas()
+    table = in_user_blocks(_sample_frame(spark, history, users), len(users), score, scoring.CANDIDATE_SCHEMA).toPandas()
     shared.unpersist()
     return scoring.scores_from_table(table, len(users), len(model.index))
 
@@ -363,8 +364,8 @@ def neighbour_grid(spark: SparkSession, index: ItemIndex, files: dict[float, Cus
                           "position": top.ravel().astype(np.int32)})
             for (half_life, size), top in found.items()])
 
-    table = _by_user_bucket(spark, history, users).applyInPandas(
-        tops, "row int, half_life double, size int, slot int, position int").toPandas()
+    table = in_user_blocks(_sample_frame(spark, history, users), len(users), tops,
+                           "row int, half_life double, size int, slot int, position int").toPandas()
     shared.unpersist()
     result = {}
     for (half_life, size), part in table.groupby(["half_life", "size"]):
@@ -374,14 +375,31 @@ def neighbour_grid(spark: SparkSession, index: ItemIndex, files: dict[float, Cus
     return result
 
 
-def _by_user_bucket(spark: SparkSession, history: pd.DataFrame, users: list[str]):
+def in_user_blocks(frame: DataFrame, users: int, function: Callable[[pd.DataFrame], pd.DataFrame], schema: str,
+                   users_per_block: int = scoring.USERS_PER_BLOCK) -> DataFrame:
+    """`function` applied to blocks of whole users of `frame` (pandas, all of a user's rows,
+    at most `users_per_block` users), the `users` spread over at least as many tasks as
+    Spark has cores. A grouping by a bucket column would not be: adaptive execution
+    merges a small table's shuffle partitions into one task, and a sample of 1,300 users
+    was scored on one of two cores; an explicit number of partitions is kept."""
+    tasks = max(frame.sparkSession.sparkContext.defaultParallelism, -(-users // users_per_block))
+    columns = frame.columns
+
+    def blocks(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        part = pd.concat([batch for batch in batches if len(batch)] or [pd.DataFrame(columns=columns)],
+                         ignore_index=True)
+        block_of = pd.factorize(part["user_id"])[0] // users_per_block
+        for _, block in part.groupby(block_of, sort=False):  # none in an empty partition
+            yield function(block.reset_index(drop=True))
+
+    return frame.repartition(tasks, "user_id").mapInPandas(blocks, schema)
+
+
+def _sample_frame(spark: SparkSession, history: pd.DataFrame, users: list[str]) -> DataFrame:
     """The rows of `users` in `history` (pandas), with each user's `row` number in
-    `users`, as a Spark table grouped into buckets of whole users."""
-    buckets = max(1, -(-len(users) // scoring.USERS_PER_TASK))
+    `users`, as a Spark table."""
     rows = pd.Index(users).get_indexer(history["user_id"])
-    history = history[list(scoring.HISTORY_COLUMNS)].assign(row=rows.astype(np.int32))[rows >= 0]
-    frame = spark.createDataFrame(history)
-    return frame.withColumn("bucket", F.pmod(F.xxhash64("user_id"), F.lit(buckets))).groupBy("bucket")
+    return spark.createDataFrame(history[list(scoring.HISTORY_COLUMNS)].assign(row=rows.astype(np.int32))[rows >= 0])
 
 
 def fit_model(

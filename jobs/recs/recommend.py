@@ -31,8 +31,8 @@ from recs import io, neighbours
 from recs.config import RecommenderSettings, RecsConfig, RuntimeSettings
 from recs.embeddings.base import normalise_rows
 from recs.io import RunPaths, write_table
-from recs.model import catalog_index, scoring_history, top_per_product, user_item_weights
-from recs.scoring import SIMILAR_CUSTOMERS, USERS_PER_TASK, Model, recommend_block, with_customers
+from recs.model import catalog_index, in_user_blocks, scoring_history, top_per_product, user_item_weights
+from recs.scoring import SIMILAR_CUSTOMERS, USERS_PER_BLOCK, Model, recommend_block, with_customers
 from recs.splits import protocol_for
 from recs.tuning import tuned_model
 
@@ -178,23 +178,18 @@ def similar_products(content: DataFrame, top_n: int) -> DataFrame:
 
 
 def score_users(spark: SparkSession, model: Model, history: DataFrame, top_n: int,
-                users_per_task: int = USERS_PER_TASK) -> DataFrame:
-    """Top-n per user, each Spark task scoring whole users against the broadcast model
-    (and the customers it reads from the model's `CustomerFile`)."""
+                users_per_block: int = USERS_PER_BLOCK) -> DataFrame:
+    """Top-n per user, each Spark task scoring blocks of whole users against the broadcast
+    model (and the customers it reads from the model's `CustomerFile`)."""
     shared = spark.sparkContext.broadcast(model)
     users = history.select("user_id").distinct().count()
-    buckets = max(1, -(-users // users_per_task))
 
     def score(block: pd.DataFrame) -> pd.DataFrame:
         from pyspark import SparkFiles
 
-        return recommend_block(with_customers(shared.value, SparkFiles.get), block.drop(columns="bucket"), top_n)
+        return recommend_block(with_customers(shared.value, SparkFiles.get), block, top_n)
 
-    return (
-        history.withColumn("bucket", F.pmod(F.xxhash64("user_id"), F.lit(buckets)))
-        .groupBy("bucket")
-        .applyInPandas(score, RECOMMENDATION_SCHEMA)
-    )
+    return in_user_blocks(history, users, score, RECOMMENDATION_SCHEMA, users_per_block)
 
 
 def explain(recommendations: DataFrame, products: DataFrame) -> DataFrame:

@@ -46,6 +46,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run_step(step_name: str, step: Step, argv: list[str] | None = None) -> None:
     """Run one pipeline step as a Spark application; exit 1 with the cause on failure."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # py4j logs at INFO from its connections' finalizers, at interpreter exit too, where a
+    # log call can wait for a handler lock that no thread will release: an evaluate step
+    # once hung there after "done" (seen with a profiler attached).
+    logging.getLogger("py4j").setLevel(logging.WARNING)
     args = parse_args(argv)
     try:
         config = load_config(json.loads(args.params_json))

@@ -49,9 +49,9 @@ SIMILARITY_BLOCK = 1000  # users whose similarity to every customer is computed 
 # What scoring reads per user: one row per (user, product) of their history.
 HISTORY_COLUMNS = ("user_id", "product_id", "weight", "purchased", "strongest_event", "recency")
 # Users a Spark task scores at once: its memory grows with users x candidates (a few
-# hundred each), and each task also pays for per-catalog work (the cluster order), so
-# fewer, larger tasks are cheaper than many small ones.
-USERS_PER_TASK = 2000
+# hundred each), and each block also pays for per-catalog work (the cluster order), so
+# fewer, larger blocks are cheaper than many small ones.
+USERS_PER_BLOCK = 2000
 
 
 @dataclass

@@ -218,6 +218,27 @@ def hand_customers(neighbours: int) -> scoring.Customers:
     return scoring.customers_from_pairs(recent, scoring.ItemIndex(np.array(["a", "b", "c", "d"])), neighbours)
 
 
+def test_in_user_blocks_keeps_users_whole_and_spreads_a_small_table_over_the_cores(spark):
+    from pyspark import TaskContext
+
+    rows = pd.DataFrame({"user_id": np.repeat([f"U{i}" for i in range(300)], 3), "n": np.arange(900)})
+
+    def seen(block: pd.DataFrame) -> pd.DataFrame:
+        users = block["user_id"].unique()
+        return pd.DataFrame({"task": TaskContext.get().partitionId(), "users": len(users), "rows": len(block),
+                             "user_id": users})
+
+    schema = "task int, users int, rows int, user_id string"
+    # Fewer users than a block holds: still one task per core (a grouping would be one task).
+    few = model.in_user_blocks(spark.createDataFrame(rows), 300, seen, schema, users_per_block=1000).toPandas()
+    assert few["task"].nunique() == spark.sparkContext.defaultParallelism == 2
+    blocks = model.in_user_blocks(spark.createDataFrame(rows), 300, seen, schema, users_per_block=40).toPandas()
+    for got in (few, blocks):
+        assert sorted(got["user_id"]) == sorted(set(rows["user_id"]))  # every user in one block
+        assert (got["rows"] == 3 * got["users"]).all()  # with all their rows
+    assert blocks["users"].max() <= 40 and blocks["task"].nunique() == 8  # 300 users / 40 a block
+
+
 def test_neighbour_scores_by_hand():
     # u1 {a, b} and u2 {a, b, c}: cosine 2 / sqrt(2 * 3); u3 {d} shares nothing.
     similarity = 2 / np.sqrt(6)

@@ -473,8 +473,8 @@ def test_score_users_and_explain(spark):
     history = spark.createDataFrame(HISTORY, "user_id string, product_id string, weight double, purchased boolean,"
                                              " strongest_event string, recency int")
     products = spark.createDataFrame(list(TITLES.items()), "product_id string, title string")
-    # Two users per task: the three users are scored in more than one group.
-    scored = explain(score_users(spark, hand_model(), history, 2, users_per_task=2), products)
+    # Two users per block: the three users are scored in more than one block.
+    scored = explain(score_users(spark, hand_model(), history, 2, users_per_block=2), products)
     assert scored.columns == ["user_id", "rank", "product_id", "score", "reason", "reason_product_id"]
     got = sorted(
         (r["user_id"], r["rank"], r["product_id"], r["reason"], r["reason_product_id"]) for r in scored.collect()
