@@ -472,12 +472,25 @@ def row_buckets(indptr: np.ndarray) -> RowBuckets:
     return RowBuckets(len(indptr) - 1, tuple(groups))
 
 
+def _first_largest(values: np.ndarray, keep: int) -> np.ndarray:
+    """Per row, the columns of its `keep` largest values (in column order), ties at the
+    boundary going to the earlier columns."""
+    boundary = -np.partition(-values, keep - 1, axis=1)[:, keep - 1:keep]
+    above = values > boundary
+    tied = values == boundary
+    room = keep - above.sum(axis=1, keepdims=True)
+    taken = above | (tied & (np.cumsum(tied, axis=1) <= room))
+    return np.nonzero(taken)[1].reshape(len(values), keep)
+
+
 def top_entries(indptr: np.ndarray, values: np.ndarray, k: int, buckets: RowBuckets | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Per row of a CSR layout, its k largest finite `values`: (entry indices, values),
     users x k, best first; -1 and -inf where a row has fewer. Rows are padded to their
     size bucket (`row_buckets`, when not given), so the work is O(entries), whatever the
-    catalog."""
+    catalog. Of equal values the earlier entry wins: a row's answer is its own, not that
+    of the rows it is padded with (argpartition's pick among ties depends on the width),
+    so users score the same however they are put in blocks."""
     buckets = buckets or row_buckets(indptr)
     entries = np.full((buckets.rows, k), -1, dtype=np.int64)
     best = np.full((buckets.rows, k), -np.inf, dtype=np.float64)
@@ -485,8 +498,7 @@ def top_entries(indptr: np.ndarray, values: np.ndarray, k: int, buckets: RowBuck
         width = offsets.shape[1]
         padded = np.where(inside, values[offsets], -np.inf)
         keep = min(k, width)
-        chosen = np.argpartition(-padded, keep - 1, axis=1)[:, :keep] if keep < width else np.broadcast_to(
-            np.arange(width), (len(rows), width))
+        chosen = _first_largest(padded, keep) if keep < width else np.broadcast_to(np.arange(width), (len(rows), width))
         chosen_values = np.take_along_axis(padded, chosen, axis=1)
         order = np.argsort(-chosen_values, axis=1, kind="stable")
         chosen, chosen_values = np.take_along_axis(chosen, order, axis=1), np.take_along_axis(chosen_values, order, 1)

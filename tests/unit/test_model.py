@@ -239,6 +239,23 @@ def test_in_user_blocks_keeps_users_whole_and_spreads_a_small_table_over_the_cor
     assert blocks["users"].max() <= 40 and blocks["task"].nunique() == 8  # 300 users / 40 a block
 
 
+def test_top_entries_of_a_row_do_not_depend_on_the_rows_it_is_padded_with():
+    # Rows of a few hundred values with many ties (as cosines of small sets have): which
+    # tied entries a row keeps depended, through argpartition, on the longest row of its
+    # group, so a user's candidates changed with the users scored beside them.
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(300, 511, 20)
+    indptr = np.r_[0, np.cumsum(lengths)]
+    values = (rng.integers(0, 5, indptr[-1]) / 7).astype(np.float32)
+    together = scoring.top_entries(indptr, values, 119)[0]
+    for row, (start, end) in enumerate(zip(indptr[:-1], indptr[1:], strict=True)):
+        alone = scoring.top_entries(np.array([0, end - start]), values[start:end], 119)[0][0]
+        assert (alone + start).tolist() == together[row].tolist()
+    # The k largest, best first; of equal values the earlier entry.
+    values = np.array([0.2, 0.9, 0.5, 0.9, 0.1, 0.7, 0.5, 0.5])
+    assert scoring.top_entries(np.array([0, 8]), values, 4)[0].tolist() == [[1, 3, 5, 2]]
+
+
 def test_neighbour_scores_by_hand():
     # u1 {a, b} and u2 {a, b, c}: cosine 2 / sqrt(2 * 3); u3 {d} shares nothing.
     similarity = 2 / np.sqrt(6)
