@@ -473,14 +473,19 @@ def row_buckets(indptr: np.ndarray) -> RowBuckets:
 
 
 def _first_largest(values: np.ndarray, keep: int) -> np.ndarray:
-    """Per row, the columns of its `keep` largest values (in column order), ties at the
-    boundary going to the earlier columns."""
-    boundary = -np.partition(-values, keep - 1, axis=1)[:, keep - 1:keep]
-    above = values > boundary
-    tied = values == boundary
-    room = keep - above.sum(axis=1, keepdims=True)
-    taken = above | (tied & (np.cumsum(tied, axis=1) <= room))
-    return np.nonzero(taken)[1].reshape(len(values), keep)
+    """Per row, the columns of its `keep` largest values, ties at the boundary going to
+    the earlier columns. argpartition's pick among ties depends on the row's width, so
+    rows where it had a choice are picked again by column order."""
+    chosen = np.sort(np.argpartition(-values, keep - 1, axis=1)[:, :keep], axis=1)
+    boundary = np.take_along_axis(values, chosen, axis=1).min(axis=1, keepdims=True)
+    choice = (values == boundary).sum(axis=1) > (np.take_along_axis(values, chosen, axis=1) == boundary).sum(axis=1)
+    if choice.any():
+        rows = values[choice]
+        above = rows > boundary[choice]
+        tied = rows == boundary[choice]
+        room = keep - above.sum(axis=1, keepdims=True)
+        chosen[choice] = np.nonzero(above | (tied & (np.cumsum(tied, axis=1) <= room)))[1].reshape(len(rows), keep)
+    return chosen
 
 
 def top_entries(indptr: np.ndarray, values: np.ndarray, k: int, buckets: RowBuckets | None = None
