@@ -30,7 +30,7 @@ from recs.io import RunPaths, write_table
 from recs.metrics import best_baseline, metrics_at_k
 from recs.ordering import fixed_order
 from recs.scoring import ItemIndex, Model, Scores
-from recs.splits import EvalSet, binary_history, eval_set, make_split, protocol_for, scoring_histories
+from recs.splits import EVALUATION_TRAIN, EvalSet, binary_history, eval_set, make_split, protocol_for, scoring_histories
 from recs.tuning import tune, tune_time_settings
 
 log = logging.getLogger(__name__)
@@ -147,10 +147,11 @@ def metric_rows(method: str, top: np.ndarray, evaluation: EvalSet, cluster_of: n
 
 def evaluate_methods(
     events: DataFrame, index: ItemIndex, content: pd.DataFrame, clusters: pd.DataFrame, config: RecsConfig,
-    protocol: str, work: str,
+    protocol: str, work: str, kept_counts: str | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """Every method on the same split: run_metrics rows and what was tuned (`work`: a
-    folder for what the Spark tasks read)."""
+    folder for what the Spark tasks read; `kept_counts`: where the recommend step kept
+    the train part's pair counts, `recommender.count_pairs`)."""
     k = config.evaluation.eval_k
     split = make_split(events, protocol, config.evaluation.eval_days)
     test = eval_set(split, index, config)
@@ -163,7 +164,7 @@ def evaluate_methods(
     # ALS (Spark fits, a few at once) runs beside everything else: nothing here needs it before the end.
     als = in_background(als_baseline, inner.train, split.train, index, validation, test, k, config.runtime)
     # One at a time: each collects its edges (EASE's up to ease_max_items squared) to the driver.
-    train_counts = recommender.count_pairs(split.train, index, config.recommender)
+    train_counts = recommender.count_pairs(split.train, index, config.recommender, kept_counts)
     inner_counts = recommender.count_pairs(inner.train, index, config.recommender)
     cluster_of = scoring.cluster_positions(index, clusters)
     tops: dict[str, np.ndarray] = {}
@@ -269,7 +270,7 @@ def run(spark: SparkSession, config: RecsConfig, paths: RunPaths) -> dict:
     # Transform
     with io.work_folder(spark, paths, "evaluate") as work:
         metrics, tuning = evaluate_methods(events, recommender.catalog_index(products), content, clusters, config,
-                                           protocol, work)
+                                           protocol, work, paths.counts(EVALUATION_TRAIN))
     metrics.insert(0, "run_id", paths.run_id)
     metrics["k"] = config.evaluation.eval_k
     # Load

@@ -8,6 +8,8 @@ Layout of the data root:
     runs/<run_id>/report.html       the run report, published or refused
     runs/<run_id>/work/<step>/      what a step writes for its own Spark tasks to read (the
                                     customers, `recs.model.ship_customers`); gone when it ends
+    runs/<run_id>/counts/<events>/  pair counts a later step reads instead of counting the
+                                    same events again (`recs.model.count_pairs`)
     embedding_cache/<space>/        content-addressed embeddings shared by all runs
     published/versions/<run_id>/    complete published versions, one per run
     published/CURRENT               the version readers should use (local data roots) ...
@@ -63,6 +65,9 @@ class RunPaths:
 
     def work(self, step: str) -> str:
         return f"{self.run_dir}/work/{step}"
+
+    def counts(self, events: str) -> str:
+        return f"{self.run_dir}/counts/{events}"
 
     def model(self, name: str) -> str:
         return f"{self.run_dir}/models/{name}"

@@ -252,13 +252,25 @@ def catalog_positions(spark, index: ItemIndex) -> DataFrame:
                                                "position": np.arange(len(index), dtype=np.int32)}))
 
 
-def count_pairs(events: DataFrame, index: ItemIndex, settings: RecommenderSettings) -> Counts:
+def count_pairs(events: DataFrame, index: ItemIndex, settings: RecommenderSettings, kept: str | None = None
+                ) -> Counts:
     """Count co-occurrences (each user's `max_history_for_pairs` most recent products)
     and transitions in Spark, each cut to its top `neighbours_per_product` per product
     there. Products are counted by catalog position; the pairs are counted once, for
-    the co-visitation cosine and for EASE."""
+    the co-visitation cosine and for EASE.
+
+    `kept`: a folder of the run where the counts stay for a later step. The recommend
+    step's validation model and the evaluate step's test model count the same events
+    (all before the evaluation window), minutes of Spark at 100k products; the second
+    reads what the first wrote, when the events (by content) and the settings match."""
+    spark = events.sparkSession
+    if kept is not None:
+        key = _counts_key(events, index, settings)
+        if io.exists(spark, f"{kept}/{COUNTS_KEY}") and io.read_json(spark, f"{kept}/{COUNTS_KEY}") == key:
+            log.info("pair counts read from %s", kept)
+            return _collect_counts({name: spark.read.parquet(f"{kept}/{name}") for name in COUNTS}, len(index))
     keep = settings.neighbours_per_product
-    positions = F.broadcast(catalog_positions(events.sparkSession, index))
+    positions = F.broadcast(catalog_positions(spark, index))
 
     def by_position(df: DataFrame) -> DataFrame:
         return df.join(positions, "product_id").drop("product_id").withColumnRenamed("position", "product_id")
@@ -267,17 +279,40 @@ def count_pairs(events: DataFrame, index: ItemIndex, settings: RecommenderSettin
                           .select("user_id", "product_id")).persist()
     pairs = unordered_pair_counts(history).persist()
     users = product_users(history).persist()
-    transitions = top_per_product(transition_counts(by_position(events), settings.next_window), keep, "count")
-    size = len(index)
-    counts = Counts(
-        covisit=positions_to_matrix(covisit_edges(history, keep, pairs, users).toPandas(), size, "score"),
-        transitions=positions_to_matrix(
-            transitions.select("product_id", "neighbour_id", "count").toPandas(), size, "count"),
-        ease=positions_to_matrix(ease_counts(history, settings.ease_max_items, pairs, users).toPandas(), size, "both"),
-    )
+    tables = {
+        "covisit": covisit_edges(history, keep, pairs, users).withColumnRenamed("score", "value"),
+        "transitions": top_per_product(transition_counts(by_position(events), settings.next_window), keep, "count")
+        .select("product_id", "neighbour_id", F.col("count").alias("value")),
+        "ease": ease_counts(history, settings.ease_max_items, pairs, users).withColumnRenamed("both", "value"),
+    }
+    if kept is not None:
+        io.delete(spark, kept)
+        for name, table in tables.items():
+            table.write.parquet(f"{kept}/{name}")
+        io.write_json(spark, f"{kept}/{COUNTS_KEY}", key)  # last: the tables are whole once it is there
+        tables = {name: spark.read.parquet(f"{kept}/{name}") for name in COUNTS}
+    counts = _collect_counts(tables, len(index))
     for table in (history, pairs, users):
         table.unpersist()
     return counts
+
+
+COUNTS = ("covisit", "transitions", "ease")
+COUNTS_KEY = "_key.json"
+
+
+def _counts_key(events: DataFrame, index: ItemIndex, settings: RecommenderSettings) -> dict:
+    """What kept counts must have been counted from: the events' number and a sum of
+    their rows' hashes (one pass), the catalog's size and the settings that count."""
+    row_hash = F.xxhash64("user_id", "product_id", "event_type", "ts").cast("decimal(38,0)")
+    rows, hashes = events.agg(F.count("*"), F.sum(row_hash)).first()
+    return {"events": int(rows), "events_hash": str(hashes), "products": len(index),
+            **{name: getattr(settings, name) for name in
+               ("neighbours_per_product", "max_history_for_pairs", "next_window", "ease_max_items")}}
+
+
+def _collect_counts(tables: dict[str, DataFrame], size: int) -> Counts:
+    return Counts(**{name: positions_to_matrix(tables[name].toPandas(), size, "value") for name in COUNTS})
 
 
 # --- Similar customers: counted in Spark, read by the tasks ----------------------

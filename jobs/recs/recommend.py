@@ -33,7 +33,7 @@ from recs.embeddings.base import normalise_rows
 from recs.io import RunPaths, write_table
 from recs.model import catalog_index, in_user_blocks, scoring_history, top_per_product, user_item_weights
 from recs.scoring import SIMILAR_CUSTOMERS, USERS_PER_BLOCK, Model, recommend_block, with_customers
-from recs.splits import protocol_for
+from recs.splits import EVALUATION_TRAIN, protocol_for
 from recs.tuning import tuned_model
 
 log = logging.getLogger(__name__)
@@ -230,7 +230,7 @@ def run(spark: SparkSession, config: RecsConfig, paths: RunPaths) -> dict:
     index = catalog_index(products)
     with io.work_folder(spark, paths, "recommend") as work:
         model, tuning = tuned_model(events, index, content.toPandas(), clusters, config, protocol_for(spark, paths),
-                                    work)
+                                    work, paths.counts(EVALUATION_TRAIN))
         # Read three times (user count, scoring, stats): aggregate the event log once.
         history = scoring_history(user_item_weights(events, settings)).cache()
         recommendations = explain(score_users(spark, model, history, settings.top_n), products)

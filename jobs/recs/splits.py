@@ -26,6 +26,10 @@ from recs.io import RunPaths
 from recs.scoring import ItemIndex
 
 TIME_SPLIT, LEAVE_LAST_OUT = "time_split", "leave_last_out"
+# The train part of the evaluation split (`make_split` of all events): the recommend
+# step validates on it and the evaluate step tests on it, both count its pairs; the
+# counts are kept under this name (`RunPaths.counts`, `recs.model.count_pairs`).
+EVALUATION_TRAIN = "evaluation_train"
 
 
 @dataclass

@@ -92,11 +92,12 @@ def tune(
 
 def tuned_model(
     events: DataFrame, index: ItemIndex, content: pd.DataFrame, clusters: pd.DataFrame, config: RecsConfig,
-    protocol: str, work: str,
+    protocol: str, work: str, kept_counts: str | None = None,
 ) -> tuple[Model, dict]:
     """Choose the blend weights, the trend half-life and the similar customers on a
     validation split carved from `events`, then fit on all of `events` with them
-    (`work`: a folder for what the Spark tasks read, `recommender.ship_customers`).
+    (`work`: a folder for what the Spark tasks read, `recommender.ship_customers`;
+    `kept_counts`: where the validation train part's pair counts stay for a later step).
 
     Takes the whole configuration, unlike the functions above: the split and its
     evaluation set come from the evaluation settings (and the seed); the model gets
@@ -113,7 +114,7 @@ def tuned_model(
     settings, half_life = chosen.settings, chosen.trend_half_life_days
     validation_model = recommender.fit_model(
         validation.train, index, content, clusters, settings, work, trend_half_life_days=half_life,
-        customers=chosen.customers,
+        counts=recommender.count_pairs(validation.train, index, settings, kept_counts), customers=chosen.customers,
     )
     scores = recommender.candidate_scores(validation_model, validation_set.history, validation_set.users, k,
                                           events.sparkSession)

@@ -223,6 +223,35 @@ def test_the_driver_receives_at_most_k_neighbours_per_product(spark):
     np.testing.assert_array_equal(counts.ease.toarray(), by_id)
 
 
+def test_counts_kept_for_a_later_step_are_read_back_only_for_the_same_events_and_settings(spark, tmp_path):
+    from pyspark.sql import functions as F
+
+    rows = random_interactions(seed=13, users=60)
+    events = spark.createDataFrame(
+        [(u, p, "purchase", 1, NOW + timedelta(minutes=m)) for u, p, m in rows], EVENTS_SCHEMA)
+    index = ItemIndex(np.array(sorted({p for _, p, _ in rows})))
+    settings = RecommenderSettings(neighbours_per_product=2, next_window=3, ease_max_items=5)
+    kept = str(tmp_path / "counts")
+
+    def count_and_mark() -> None:
+        """Count into `kept`, then mark what was kept: a count that reads it returns 7s."""
+        count_pairs(events, index, settings, kept)
+        marked = spark.read.parquet(f"{kept}/covisit").withColumn("value", F.lit(7.0)).toPandas()
+        spark.createDataFrame(marked).write.mode("overwrite").parquet(f"{kept}/covisit")
+
+    counted, fresh = count_pairs(events, index, settings, kept), count_pairs(events, index, settings)
+    for name in ("covisit", "transitions", "ease"):
+        assert (getattr(counted, name) != getattr(fresh, name)).nnz == 0
+    count_and_mark()
+    assert set(count_pairs(events, index, settings, kept).covisit.data) == {7.0}  # read, not counted
+    # Other events (one fewer), or other settings: counted again.
+    count_and_mark()
+    assert 7.0 not in set(count_pairs(events.limit(len(rows) - 1), index, settings, kept).covisit.data)
+    count_and_mark()
+    wider = RecommenderSettings(neighbours_per_product=3, next_window=3, ease_max_items=5)
+    assert 7.0 not in set(count_pairs(events, index, wider, kept).covisit.data)
+
+
 def test_transition_counts(spark):
     minute = timedelta(minutes=1)
     events = spark.createDataFrame(
