@@ -10,6 +10,7 @@ no pyspark), so its cost grows with the histories, never with users x products.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from collections.abc import Callable, Iterator
@@ -261,8 +262,8 @@ def count_pairs(events: DataFrame, index: ItemIndex, settings: RecommenderSettin
 
     `kept`: a folder of the run where the counts stay for a later step. The recommend
     step's validation model and the evaluate step's test model count the same events
-    (all before the evaluation window), minutes of Spark at 100k products; the second
-    reads what the first wrote, when the events (by content) and the settings match."""
+    (all before the evaluation window); the second reads what the first wrote, when the
+    events (by content), the catalog and the settings match."""
     spark = events.sparkSession
     if kept is not None:
         key = _counts_key(events, index, settings)
@@ -303,10 +304,11 @@ COUNTS_KEY = "_key.json"
 
 def _counts_key(events: DataFrame, index: ItemIndex, settings: RecommenderSettings) -> dict:
     """What kept counts must have been counted from: the events' number and a sum of
-    their rows' hashes (one pass), the catalog's size and the settings that count."""
+    their rows' hashes (one pass), the catalog (its positions) and the settings that count."""
     row_hash = F.xxhash64("user_id", "product_id", "event_type", "ts").cast("decimal(38,0)")
     rows, hashes = events.agg(F.count("*"), F.sum(row_hash)).first()
-    return {"events": int(rows), "events_hash": str(hashes), "products": len(index),
+    catalog = hashlib.sha256("\n".join(map(str, index.ids)).encode()).hexdigest()
+    return {"events": int(rows), "events_hash": str(hashes), "catalog": catalog,
             **{name: getattr(settings, name) for name in
                ("neighbours_per_product", "max_history_for_pairs", "next_window", "ease_max_items")}}
 

@@ -244,12 +244,14 @@ def test_counts_kept_for_a_later_step_are_read_back_only_for_the_same_events_and
         assert (getattr(counted, name) != getattr(fresh, name)).nnz == 0
     count_and_mark()
     assert set(count_pairs(events, index, settings, kept).covisit.data) == {7.0}  # read, not counted
-    # Other events (one fewer), or other settings: counted again.
+    # Other events (one fewer), other settings or another catalog: counted again.
     count_and_mark()
     assert 7.0 not in set(count_pairs(events.limit(len(rows) - 1), index, settings, kept).covisit.data)
     count_and_mark()
     wider = RecommenderSettings(neighbours_per_product=3, next_window=3, ease_max_items=5)
     assert 7.0 not in set(count_pairs(events, index, wider, kept).covisit.data)
+    count_and_mark()  # another catalog: other positions
+    assert 7.0 not in set(count_pairs(events, ItemIndex(np.r_[["A0"], index.ids]), settings, kept).covisit.data)
 
 
 def test_transition_counts(spark):
