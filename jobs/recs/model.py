@@ -420,13 +420,14 @@ def in_user_blocks(frame: DataFrame, users: int, function: Callable[[pd.DataFram
     merges a small table's shuffle partitions into one task, and a sample of 1,300 users
     was scored on one of two cores; an explicit number of partitions is kept."""
     tasks = max(frame.sparkSession.sparkContext.defaultParallelism, -(-users // users_per_block))
-    columns = frame.columns
 
     def blocks(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        part = pd.concat([batch for batch in batches if len(batch)] or [pd.DataFrame(columns=columns)],
-                         ignore_index=True)
+        batches = [batch for batch in batches if len(batch)]
+        if not batches:  # a partition no user was hashed to
+            return
+        part = pd.concat(batches, ignore_index=True)
         block_of = pd.factorize(part["user_id"])[0] // users_per_block
-        for _, block in part.groupby(block_of, sort=False):  # none in an empty partition
+        for _, block in part.groupby(block_of, sort=False):
             yield function(block.reset_index(drop=True))
 
     return frame.repartition(tasks, "user_id").mapInPandas(blocks, schema)

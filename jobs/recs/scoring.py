@@ -477,8 +477,9 @@ def _first_largest(values: np.ndarray, keep: int) -> np.ndarray:
     the earlier columns. argpartition's pick among ties depends on the row's width, so
     rows where it had a choice are picked again by column order."""
     chosen = np.sort(np.argpartition(-values, keep - 1, axis=1)[:, :keep], axis=1)
-    boundary = np.take_along_axis(values, chosen, axis=1).min(axis=1, keepdims=True)
-    choice = (values == boundary).sum(axis=1) > (np.take_along_axis(values, chosen, axis=1) == boundary).sum(axis=1)
+    chosen_values = np.take_along_axis(values, chosen, axis=1)
+    boundary = chosen_values.min(axis=1, keepdims=True)
+    choice = (values == boundary).sum(axis=1) > (chosen_values == boundary).sum(axis=1)
     if choice.any():
         rows = values[choice]
         above = rows > boundary[choice]

@@ -223,7 +223,7 @@ def test_the_driver_receives_at_most_k_neighbours_per_product(spark):
     np.testing.assert_array_equal(counts.ease.toarray(), by_id)
 
 
-def test_counts_kept_for_a_later_step_are_read_back_only_for_the_same_events_and_settings(spark, tmp_path):
+def test_counts_kept_for_a_later_step_are_read_back_only_for_the_same_events_catalog_and_settings(spark, tmp_path):
     from pyspark.sql import functions as F
 
     rows = random_interactions(seed=13, users=60)
