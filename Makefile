@@ -24,15 +24,16 @@ jdbc-driver:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libpostgresql-jdbc-java) || true
 	@test -f $(JDBC_JAR) || echo "note: no $(JDBC_JAR): set RECS_JDBC_JARS to publish to PostgreSQL (README)"
 
-# A native BLAS and LAPACK for Spark MLlib (dev.ludovic.netlib loads libblas.so.3 and
-# liblapack.so.3): ALS fits in about half the time of the pure-Java fallback (Online Retail,
-# rank 64: 22 s against 41 s for three fits). Debian's OpenBLAS, only installed when missing;
-# without it Spark logs "dlopen(libblas.so.3) failed" and still runs, slower.
-HAVE_BLAS := ldconfig -p 2>/dev/null | grep -q 'libblas.so.3 ' && ldconfig -p 2>/dev/null | grep -q 'liblapack.so.3 '
+# A native BLAS and LAPACK for Spark MLlib (dev.ludovic.netlib): Debian's single-threaded
+# OpenBLAS, only installed when missing; the Spark tasks point netlib at it on `local[*]`
+# (plugins/recs_airflow/spark_tasks.py). One ALS fit at M (rank 64, two tasks at once):
+# 39 s on it, 57-64 s on the multi-threaded OpenBLAS (a fifth of the CPU time in the
+# kernel, a fifth idle, when two tasks solve at once), 49 s on netlib's Java fallback.
+SERIAL_BLAS := ls /usr/lib/*-linux-gnu/openblas-serial/libblas.so.3 /usr/lib/*-linux-gnu/openblas-serial/liblapack.so.3 >/dev/null 2>&1
 native-blas:
-	@($(HAVE_BLAS)) || ! command -v apt-get >/dev/null || \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas0-pthread) || true
-	@($(HAVE_BLAS)) || echo "note: no native BLAS: Spark's ALS runs on its Java fallback (README)"
+	@($(SERIAL_BLAS)) || ! command -v apt-get >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas0-serial) || true
+	@($(SERIAL_BLAS)) || echo "note: no single-threaded OpenBLAS: Spark's ALS runs slower (README)"
 
 # Reinstall only when the pinned requirements or the package metadata change.
 $(STAMP): requirements.txt pyproject.toml

@@ -43,7 +43,20 @@ def test_local_runs_get_the_heap_on_the_spark_submit_command(monkeypatch):
     assert command[command.index("--driver-memory") + 1] == "5g"
     assert "spark.driver.maxResultSize=2560m" in command
     # An out-of-memory driver ends the step instead of leaving it waiting for results.
-    assert "spark.driver.extraJavaOptions=-XX:+ExitOnOutOfMemoryError" in command
+    java_options = next(arg for arg in command if arg.startswith("spark.driver.extraJavaOptions="))
+    assert "-XX:+ExitOnOutOfMemoryError" in java_options.split("=", 1)[1].split()
+
+
+def test_local_runs_point_spark_at_a_single_threaded_openblas_when_installed(monkeypatch, tmp_path):
+    for architecture in ("x86_64-linux-gnu", "aarch64-linux-gnu"):
+        (tmp_path / architecture / "openblas-serial").mkdir(parents=True)
+    monkeypatch.setattr(spark_tasks, "SERIAL_OPENBLAS", str(tmp_path / "*-linux-gnu" / "openblas-serial"))
+    command = submit_command(monkeypatch, {"conn_type": "spark", "host": "local[*]"})
+    java_options = next(arg for arg in command if arg.startswith("spark.driver.extraJavaOptions=")).split()
+    folder = tmp_path / "aarch64-linux-gnu" / "openblas-serial"  # one of them, the same every time
+    assert f"-Ddev.ludovic.netlib.blas.nativeLibPath={folder}/libblas.so.3" in java_options
+    assert f"-Ddev.ludovic.netlib.lapack.nativeLibPath={folder}/liblapack.so.3" in java_options
+    assert spark_tasks.serial_blas_options(str(tmp_path / "none" / "openblas-serial")) == []
 
 
 def test_cluster_runs_keep_the_cluster_settings(monkeypatch):
