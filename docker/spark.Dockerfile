@@ -13,8 +13,9 @@ FROM apache/spark:4.2.0-scala2.13-java17-python3-ubuntu
 # (PYTHON_VERSION_MISMATCH). The official image only has Ubuntu 22.04's Python 3.10, and 3.10 cannot
 # install requirements.txt (numpy 2.4 needs 3.11; the project requires >= 3.11), so Python 3.11 comes
 # from the deadsnakes PPA, into a virtualenv of its own that is first on PATH.
-# libopenblas0-pthread: the native BLAS and LAPACK Spark MLlib loads (ALS fits in half the time of
-# its Java fallback; the Makefile's native-blas target says more).
+# libopenblas0-serial: the native BLAS and LAPACK Spark MLlib loads, single-threaded (the only one
+# installed, so libblas.so.3 is it): Spark runs a task per core, and under a threaded OpenBLAS two ALS
+# tasks at once are slower than netlib's Java fallback (the Makefile's native-blas target says more).
 ARG PYTHON_VERSION=3.11
 
 USER root
@@ -26,7 +27,7 @@ RUN set -eux; \
     add-apt-repository -y ppa:deadsnakes/ppa; \
     apt-get update; \
     apt-get install -y --no-install-recommends "python${PYTHON_VERSION}" "python${PYTHON_VERSION}-venv" \
-        libopenblas0-pthread; \
+        libopenblas0-serial; \
     apt-get purge -y --auto-remove software-properties-common; \
     rm -rf /var/lib/apt/lists/*; \
     "python${PYTHON_VERSION}" -m venv /opt/recs-python
