@@ -13,6 +13,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recs import io
+from recs.concurrency import concurrently
 from recs.config import RecsConfig
 from recs.io import RunPaths, write_table
 from recs.ordering import fixed_order
@@ -51,11 +52,19 @@ def silhouette(model: PipelineModel, points: DataFrame) -> float:
     return float(evaluator.evaluate(model.transform(points)))
 
 
-def choose_k(points: DataFrame, ks: list[int], seed: int) -> tuple[int, dict[int, float]]:
-    """Fit each candidate k and keep the one with the best silhouette (ties: smaller k)."""
-    curve = {k: silhouette(kmeans_pipeline(k, seed).fit(points), points) for k in ks}
-    best = max(curve, key=lambda k: (curve[k], -k))
-    return best, curve
+def choose_k(points: DataFrame, ks: list[int], seed: int) -> tuple[PipelineModel, dict[int, float]]:
+    """Fit each candidate k and keep the model with the best silhouette (ties: smaller k).
+    The fits are seeded and independent: a few run at once (recs/concurrency.py), which
+    halves this step on a catalog of a few thousand products, where K-means' many short
+    iterations wait on Spark's scheduling more than on the cores."""
+
+    def fit(k: int) -> tuple[PipelineModel, float]:
+        model = kmeans_pipeline(k, seed).fit(points)
+        return model, silhouette(model, points)
+
+    fits = dict(zip(ks, concurrently(fit, ks), strict=True))
+    best = max(fits, key=lambda k: (fits[k][1], -k))
+    return fits[best][0], {k: score for k, (_, score) in fits.items()}
 
 
 def assign_clusters(model: PipelineModel, points: DataFrame) -> DataFrame:
@@ -72,13 +81,16 @@ def run(spark: SparkSession, config: RecsConfig, paths: RunPaths) -> dict:
     if config.clustering.k:
         k, curve = min(config.clustering.k, products - 1), {}
         log.info("k fixed at %d", k)
+        model = kmeans_pipeline(k, config.runtime.seed).fit(points)
     else:
         ks = candidate_ks(config.clustering.k_min, config.clustering.k_max, products)
         fraction = min(1.0, SILHOUETTE_SAMPLE / products)
         sample = points.sample(fraction=fraction, seed=config.runtime.seed).cache() if fraction < 1 else points
-        k, curve = choose_k(sample, ks, config.runtime.seed)
+        model, curve = choose_k(sample, ks, config.runtime.seed)
+        k = model.stages[-1].getK()
         log.info("silhouette by k: %s; chose k=%d", {k: round(s, 4) for k, s in curve.items()}, k)
-    model = kmeans_pipeline(k, config.runtime.seed).fit(points)
+        if sample is not points:  # the chosen model saw only the sample
+            model = kmeans_pipeline(k, config.runtime.seed).fit(points)
     model.write().overwrite().save(paths.model("kmeans"))
     clusters = assign_clusters(model, points)
     write_table(clusters, paths.table("product_clusters"))

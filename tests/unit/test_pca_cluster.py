@@ -113,8 +113,8 @@ def blob_points(spark):
 
 
 def test_choose_k_finds_three_blobs(blob_points):
-    k, curve = choose_k(blob_points, [2, 3, 4], seed=42)
-    assert k == 3
+    model, curve = choose_k(blob_points, [2, 3, 4], seed=42)
+    assert model.stages[-1].getK() == 3  # the chosen model, fitted once
     assert sorted(curve) == [2, 3, 4]
     assert curve[3] > 0.9  # tight, far apart blobs
     assert curve[3] > max(curve[2], curve[4])
