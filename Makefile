@@ -12,9 +12,9 @@ INPUT ?=
 FORMAT ?=
 CONF ?= {}
 
-.PHONY: run test setup jdbc-driver native-blas browser demo-shop unit e2e lint recs similar summary rollback serve airflow-ui clean
+.PHONY: run test setup jdbc-driver native-blas class-archive browser demo-shop unit e2e lint recs similar summary rollback serve airflow-ui clean
 
-setup: $(STAMP) jdbc-driver native-blas
+setup: $(STAMP) jdbc-driver native-blas class-archive
 
 # The PostgreSQL JDBC driver (Debian's package) for publishing to a database; only
 # installed when missing. Elsewhere set RECS_JDBC_JARS or RECS_JDBC_PACKAGES (README).
@@ -34,6 +34,13 @@ native-blas:
 	@($(SERIAL_BLAS)) || ! command -v apt-get >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas0-serial) || true
 	@($(SERIAL_BLAS)) || echo "note: no single-threaded OpenBLAS: Spark's ALS runs slower (README)"
+
+# A class-data-sharing archive of the classes a Spark driver loads, built once per JVM and
+# pyspark version (plugins/recs_airflow/class_archive.py, about a minute): every step is a
+# spark-submit of its own, and each starts seconds sooner with it (a trivial one: 12.7 s,
+# 8.1 s with it). Without one the steps run as before.
+class-archive: $(STAMP)
+	@PYTHONPATH=plugins $(BIN)/python -m recs_airflow.class_archive
 
 # Reinstall only when the pinned requirements or the package metadata change.
 $(STAMP): requirements.txt pyproject.toml

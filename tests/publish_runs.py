@@ -77,9 +77,10 @@ def build_zip(target: Path) -> Path:
 def submit_publish(package_zip: Path, run_id: str, env: dict[str, str], log: Path,
                    params: dict | None = None) -> subprocess.Popen:
     """jobs/publish.py through spark-submit as the DAG's task runs it, in its own process group."""
-    from recs_airflow.spark_tasks import jdbc_jars
+    from recs_airflow.spark_tasks import jdbc_jars, local_driver_java_options
 
     conf = [arg for name, value in SPARK_CONF.items() for arg in ("--conf", f"{name}={value}")]
+    conf += ["--conf", f"spark.driver.extraJavaOptions={local_driver_java_options()}"]
     jars = jdbc_jars()
     command = [
         str(Path(sys.executable).parent / "spark-submit"), "--master", "local[1]", "--name", "recs-publish-test",

@@ -30,6 +30,7 @@ from airflow.sdk.log import mask_secret
 from recs import errors
 from recs.config import RecsConfig, safe_run_id
 from recs.io import RunPaths, is_local
+from recs_airflow import class_archive
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -85,6 +86,13 @@ def serial_blas_options(pattern: str | None = None) -> list[str]:
     if folder is None:
         return []
     return [f"-Ddev.ludovic.netlib.{name}.nativeLibPath={folder}/lib{name}.so.3" for name in ("blas", "lapack")]
+
+
+def local_driver_java_options() -> str:
+    """The driver JVM's options on `local[*]`: exit when the heap runs out (see
+    `size_local_driver`), the single-threaded OpenBLAS and the class archive
+    (`class_archive.py`), each when installed."""
+    return " ".join([EXIT_ON_OUT_OF_MEMORY, *serial_blas_options(), *class_archive.java_options()])
 
 
 def _mebibytes(size: str) -> int:
@@ -238,9 +246,8 @@ class RecsSparkSubmitOperator(SparkSubmitOperator):
         if is_local_master(self._conn_id):
             memory, max_result = local_driver_memory(RecsConfig.load())
             self._driver_memory = self._driver_memory or memory
-            java_options = " ".join([EXIT_ON_OUT_OF_MEMORY, *serial_blas_options()])
             self.conf = {"spark.driver.maxResultSize": max_result,
-                         "spark.driver.extraJavaOptions": java_options, **(self.conf or {})}
+                         "spark.driver.extraJavaOptions": local_driver_java_options(), **(self.conf or {})}
 
 
 def spark_step(step: str, **kwargs) -> RecsSparkSubmitOperator:

@@ -96,7 +96,10 @@ def job_env(data_root: Path, server: FakeOpenAIServer, **settings: str) -> dict[
 
 def submit_embed(package_zip: Path, run_id: str, env: dict[str, str], log: Path) -> subprocess.Popen:
     """jobs/embed.py through spark-submit, as the DAG's task runs it (local[2]); output to `log`."""
+    from recs_airflow.spark_tasks import local_driver_java_options
+
     conf = [arg for name, value in SPARK_CONF.items() for arg in ("--conf", f"{name}={value}")]
+    conf += ["--conf", f"spark.driver.extraJavaOptions={local_driver_java_options()}"]
     command = [
         str(Path(sys.executable).parent / "spark-submit"), "--master", "local[2]", "--name", "recs-embed-test",
         *conf, "--py-files", str(package_zip), str(REPO / "jobs" / "embed.py"),

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
 from recs.config import RecsConfig, RuntimeSettings
-from recs_airflow import spark_tasks
+from recs_airflow import class_archive, spark_tasks
 
 GIB = 2**30
 
@@ -64,3 +65,38 @@ def test_cluster_runs_keep_the_cluster_settings(monkeypatch):
                              RECS_DRIVER_MEMORY="5g")
     assert "--driver-memory" not in command
     assert not any("maxResultSize" in arg or "extraJavaOptions" in arg for arg in command)
+
+
+def test_local_runs_map_the_class_archive_when_built(monkeypatch, tmp_path):
+    monkeypatch.setenv("RECS_CLASS_ARCHIVE_DIR", str(tmp_path))
+    local = {"conn_type": "spark", "host": "local[*]"}
+
+    def java_options() -> list[str]:
+        command = submit_command(monkeypatch, local)
+        return next(arg for arg in command if arg.startswith("spark.driver.extraJavaOptions=")).split()
+
+    assert not any(option.startswith("-XX:SharedArchiveFile") for option in java_options())
+    archive = class_archive.archive_path()
+    assert archive.parent == tmp_path and archive.name.startswith("spark-driver-")
+    archive.write_bytes(b"built")
+    assert f"-XX:SharedArchiveFile={archive}" in java_options()
+
+
+def test_the_class_archive_is_moved_into_place_only_once_a_jvm_loads_from_it(tmp_path):
+    """Real spark-submits (a JVM given a truncated archive crashes): a warm-up that fails
+    leaves nothing behind; one that runs gives an archive the next JVM loads classes
+    from; a second build finds it and runs nothing."""
+    failing = tmp_path / "failing.py"
+    failing.write_text("import sys\nsys.exit(3)\n")
+    assert class_archive.build(str(tmp_path / "failed"), failing) is None
+    assert list((tmp_path / "failed").iterdir()) == []
+
+    trivial = tmp_path / "trivial.py"
+    trivial.write_text("from pyspark.sql import SparkSession\n"
+                       "SparkSession.builder.config('spark.ui.enabled', 'false').getOrCreate().range(3).count()\n")
+    built = class_archive.build(str(tmp_path / "built"), trivial)
+    assert built == class_archive.archive_path(str(tmp_path / "built")) and built.stat().st_size > 2**20
+    assert [path.name for path in built.parent.iterdir()] == [built.name]  # no scratch left
+    started = time.monotonic()
+    assert class_archive.build(str(tmp_path / "built"), failing) == built
+    assert time.monotonic() - started < 5
