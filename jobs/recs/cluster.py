@@ -54,9 +54,9 @@ def silhouette(model: PipelineModel, points: DataFrame) -> float:
 
 def choose_k(points: DataFrame, ks: list[int], seed: int) -> tuple[PipelineModel, dict[int, float]]:
     """Fit each candidate k and keep the model with the best silhouette (ties: smaller k).
-    The fits are seeded and independent: a few run at once (recs/concurrency.py), which
-    halves this step on a catalog of a few thousand products, where K-means' many short
-    iterations wait on Spark's scheduling more than on the cores."""
+    The fits are seeded and independent: a few run at once (recs/concurrency.py), filling
+    the gaps between K-means' many short iterations (Online Retail, 8 candidates: the step
+    took 61 s instead of 69 s)."""
 
     def fit(k: int) -> tuple[PipelineModel, float]:
         model = kmeans_pipeline(k, seed).fit(points)

@@ -4,8 +4,8 @@ them from some two hundred jars.
 
 Why: every step is a JVM of its own (one spark-submit per task), and on a small shop a
 step spends more time starting Spark than computing. Measured on 2 cores: a trivial
-spark-submit took 12.7 s, 8.1 s with an archive; the PCA step of Online Retail 25.7 s,
-18.8 s.
+spark-submit took 12.7 s, 8.1 s with an archive; the PCA step of Online Retail 23.0 s,
+19.2 s.
 
 `make setup` builds it (`python -m recs_airflow.class_archive`): a short warm-up
 application (`jvm_warm_up.py`, beside this file) runs under `-XX:ArchiveClassesAtExit`,
