@@ -55,7 +55,8 @@ def cosine_scores(counts: scoring.Counts, history: sparse.csr_matrix) -> sparse.
 def ease_top(counts: scoring.Counts, history: sparse.csr_matrix, excluded: sparse.csr_matrix, regularisation: float,
              max_items: int, k: int) -> np.ndarray:
     """EASE^R's top k per user (positions): its full weights, not cut to the top K per product."""
-    return scoring.ease_top_k(counts.ease, history, excluded, regularisation, max_items, k, DENSE_BLOCK_CELLS)
+    return scoring.ease_top_k(*counts.ease_weights(regularisation, max_items), history, excluded, k,
+                              DENSE_BLOCK_CELLS)
 
 
 def als_top(train: DataFrame, index: ItemIndex, users: list[str], excluded: sparse.csr_matrix, k: int,

@@ -203,7 +203,8 @@ def build_edges(
     keep = settings.neighbours_per_product
     return {
         "covisit": counts.covisit.astype(np.float32),
-        "ease": ease_edges(counts.ease, ease_regularisation or settings.ease_lambda, settings.ease_max_items, keep),
+        "ease": ease_edges(*counts.ease_weights(ease_regularisation or settings.ease_lambda, settings.ease_max_items),
+                           len(index), keep),
         "next": row_normalised(counts.transitions.astype(np.float32)),
         "content": top_per_row(pairs_to_matrix(content, index, "score"), keep),
     }

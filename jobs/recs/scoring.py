@@ -115,11 +115,9 @@ def ease_weights(counts: sparse.csr_matrix, regularisation: float, max_items: in
     return popular, weights
 
 
-def ease_edges(counts: sparse.csr_matrix, regularisation: float, max_items: int, keep: int) -> sparse.csr_matrix:
-    """Each popular product's `keep` largest positive EASE weights, as a products x
-    products sparse matrix (cut on the dense rows: no products x products sparse copy)."""
-    popular, weights = ease_weights(counts, regularisation, max_items)
-    size = counts.shape[0]
+def ease_edges(popular: np.ndarray, weights: np.ndarray, size: int, keep: int) -> sparse.csr_matrix:
+    """Each popular product's `keep` largest positive EASE weights (`ease_weights`), as a
+    `size` x `size` sparse matrix (cut on the dense rows: no products x products sparse copy)."""
     keep = min(keep, weights.shape[1])
     if keep == 0:
         return sparse.csr_matrix((size, size), dtype=np.float32)
@@ -133,12 +131,11 @@ def ease_edges(counts: sparse.csr_matrix, regularisation: float, max_items: int,
     )
 
 
-def ease_top_k(counts: sparse.csr_matrix, history: sparse.csr_matrix, excluded: sparse.csr_matrix,
-               regularisation: float, max_items: int, k: int, block_cells: int) -> np.ndarray:
-    """EASE^R's top k per user (positions, -1 when short): history x B on the popular
-    products, a dense block of at most `block_cells` scores at a time; users whose
-    history holds none of them get no list (as the sparse product would give none)."""
-    popular, weights = ease_weights(counts, regularisation, max_items)
+def ease_top_k(popular: np.ndarray, weights: np.ndarray, history: sparse.csr_matrix, excluded: sparse.csr_matrix,
+               k: int, block_cells: int) -> np.ndarray:
+    """EASE^R's top k per user (positions, -1 when short): history x B (`ease_weights`) on
+    the popular products, a dense block of at most `block_cells` scores at a time; users
+    whose history holds none of them get no list (as the sparse product would give none)."""
     users = history.shape[0]
     top = np.full((users, k), -1, dtype=np.int64)
     if len(popular) == 0:
@@ -646,6 +643,20 @@ class Counts:
     covisit: sparse.csr_matrix  # cosine of user sets, top K per product
     transitions: sparse.csr_matrix  # "b after a" counts, top K per product
     ease: sparse.csr_matrix  # co-occurrence counts (diagonal: users) among the most popular
+    # The last `ease_weights` of `ease`, by (regularisation, max_items): one only, as each
+    # is max_items squared floats (256 MB at 8,000 products).
+    _last_ease: tuple | None = field(default=None, repr=False, compare=False)
+
+    def ease_weights(self, regularisation: float, max_items: int) -> tuple[np.ndarray, np.ndarray]:
+        """`ease_weights` of these counts, the last ones reused: the evaluate step asks for
+        the configured regularisation's twice per split (its model's edges, then the first
+        value of the EASE baseline's grid), and each is a Cholesky inverse of max_items
+        squared (seconds at 8,000 products)."""
+        key = (float(regularisation), int(max_items))
+        if self._last_ease is None or self._last_ease[0] != key:
+            self._last_ease = None  # the old weights go before the new ones are built
+            self._last_ease = (key, ease_weights(self.ease, regularisation, max_items))
+        return self._last_ease[1]
 
 
 def positions_to_matrix(pairs: pd.DataFrame, size: int, value: str) -> sparse.csr_matrix:

@@ -64,7 +64,8 @@ def test_ease_edges_are_the_top_k_of_the_full_weights():
     gram, _ = random_counts(60, 200, seed=1)
     full = full_ease(gram, 5.0, 40)
     expected = scoring.top_per_row(full, 7).toarray()
-    np.testing.assert_allclose(scoring.ease_edges(gram, 5.0, 40, 7).toarray(), expected, rtol=1e-6)
+    got = scoring.ease_edges(*scoring.ease_weights(gram, 5.0, 40), 60, 7)
+    np.testing.assert_allclose(got.toarray(), expected, rtol=1e-6)
 
 
 def test_ease_top_k_in_dense_blocks_equals_the_sparse_product():
@@ -76,9 +77,22 @@ def test_ease_top_k_in_dense_blocks_equals_the_sparse_product():
     excluded.data[::2] = 0  # some bought products, not all
     excluded.eliminate_zeros()
     expected = scoring.top_k((history @ full_ease(gram, 5.0, 40)).tocsr(), excluded, 10)[0]
-    got = scoring.ease_top_k(gram, history, excluded, 5.0, 40, 10, block_cells=40 * 7)
+    got = scoring.ease_top_k(*scoring.ease_weights(gram, 5.0, 40), history, excluded, 10, block_cells=40 * 7)
     np.testing.assert_array_equal(got, expected)
     assert (got[3] == -1).all() and (got[0] >= 0).all()
+
+
+def test_counts_reuse_their_last_ease_weights_only_for_the_same_settings():
+    gram, _ = random_counts(60, 200, seed=3)
+    empty = sparse.csr_matrix(gram.shape)
+    counts = scoring.Counts(covisit=empty, transitions=empty, ease=gram)
+    first = counts.ease_weights(5.0, 40)
+    assert counts.ease_weights(5.0, 40)[1] is first[1]  # no second inverse
+    other = counts.ease_weights(50.0, 40)
+    assert other[1] is not first[1]
+    np.testing.assert_allclose(other[1], scoring.ease_weights(gram, 50.0, 40)[1])
+    assert counts.ease_weights(5.0, 30)[1].shape == (30, 30)
+    np.testing.assert_allclose(counts.ease_weights(5.0, 40)[1], first[1])  # recomputed, the same
 
 
 def tiny_model(weights: dict[str, float]) -> scoring.Model:
