@@ -645,7 +645,7 @@ class Counts:
     ease: sparse.csr_matrix  # co-occurrence counts (diagonal: users) among the most popular
     # The last `ease_weights` of `ease`, by (regularisation, max_items): one only, as each
     # is max_items squared floats (256 MB at 8,000 products).
-    _last_ease: tuple | None = field(default=None, repr=False, compare=False)
+    _last_ease: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def ease_weights(self, regularisation: float, max_items: int) -> tuple[np.ndarray, np.ndarray]:
         """`ease_weights` of these counts, the last ones reused: the evaluate step asks for
