@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from scipy import sparse
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -34,9 +35,10 @@ sys.path[:0] = [str(REPO / "jobs"), str(REPO / "plugins")]
 from recs import cluster, embed, evaluate, io, pca, preprocess  # noqa: E402
 from recs.config import RecsConfig  # noqa: E402
 from recs.io import RunPaths  # noqa: E402
-from recs.model import catalog_index  # noqa: E402
+from recs.model import catalog_index, content_edges  # noqa: E402
 from recs.recommend import content_neighbours  # noqa: E402
 from recs.runtime import build_spark  # noqa: E402
+from recs.scoring import ItemIndex  # noqa: E402
 from recs_airflow.spark_tasks import local_driver_memory  # noqa: E402
 
 ABLATIONS = ("without_time", "without_text")
@@ -49,7 +51,8 @@ class Prepared:
     name: str
     paths: RunPaths
     settings: dict  # the overrides that read it
-    content: pd.DataFrame
+    index: ItemIndex  # the catalog
+    content: sparse.csr_matrix  # the content edges (`recs.model.content_edges`)
     clusters: pd.DataFrame
 
 
@@ -64,21 +67,21 @@ def prepare_dataset(spark, name: str, input_path: str, input_format: str, data_r
         io.write_json(spark, paths.stats(step.__name__.split(".")[-1]), stats)
         print(f"[{name}] {step.__name__.split('.')[-1]}: {time.monotonic() - started:.0f}s", flush=True)
     embeddings = io.read_table(spark, paths.table("embeddings"))
-    content = content_neighbours(spark, embeddings, config.recommender.neighbours_per_product,
-                                 exact_max=config.recommender.exact_neighbours_max, seed=config.runtime.seed).toPandas()
+    neighbours = content_neighbours(spark, embeddings, config.recommender.neighbours_per_product,
+                                    exact_max=config.recommender.exact_neighbours_max, seed=config.runtime.seed)
+    index = catalog_index(io.read_table(spark, paths.table("products")))
     clusters = io.read_table(spark, paths.table("product_clusters")).select("product_id", "cluster").toPandas()
-    return Prepared(name, paths, settings, content, clusters)
+    return Prepared(name, paths, settings, index, content_edges(neighbours, index), clusters)
 
 
 def evaluate_prepared(spark, prepared: Prepared, **overrides) -> tuple[pd.DataFrame, dict]:
     """The evaluate step's protocol on a prepared data set: (run_metrics rows, tuning)."""
     config = RecsConfig.load({**prepared.settings, **overrides})
     paths = prepared.paths
-    products = io.read_table(spark, paths.table("products"))
     events = io.read_table(spark, paths.table("events")).cache()
     started = time.monotonic()
     with io.work_folder(spark, paths, "evaluate") as work:
-        metrics, tuning = evaluate.evaluate_methods(events, catalog_index(products), prepared.content,
+        metrics, tuning = evaluate.evaluate_methods(events, prepared.index, prepared.content,
                                                     prepared.clusters, config, evaluate.protocol_for(spark, paths),
                                                     work)
     print(f"[{prepared.name}] evaluate {overrides or ''}: {time.monotonic() - started:.0f}s; "

@@ -147,12 +147,13 @@ def metric_rows(method: str, top: np.ndarray, evaluation: EvalSet, cluster_of: n
 
 
 def evaluate_methods(
-    events: DataFrame, index: ItemIndex, content: pd.DataFrame, clusters: pd.DataFrame, config: RecsConfig,
+    events: DataFrame, index: ItemIndex, content: sparse.csr_matrix, clusters: pd.DataFrame, config: RecsConfig,
     protocol: str, work: str, kept_counts: str | None = None,
 ) -> tuple[pd.DataFrame, dict]:
-    """Every method on the same split: run_metrics rows and what was tuned (`work`: a
-    folder for what the Spark tasks read; `kept_counts`: where the recommend step kept
-    the train part's pair counts, `recommender.count_pairs`)."""
+    """Every method on the same split: run_metrics rows and what was tuned (`content`:
+    `recommender.content_edges`; `work`: a folder for what the Spark tasks read;
+    `kept_counts`: where the recommend step kept the train part's pair counts,
+    `recommender.count_pairs`)."""
     k = config.evaluation.eval_k
     split = make_split(events, protocol, config.evaluation.eval_days)
     test = eval_set(split, index, config)
@@ -265,13 +266,15 @@ def run(spark: SparkSession, config: RecsConfig, paths: RunPaths) -> dict:
     # Extract
     events = io.read_table(spark, paths.table("events")).cache()
     products = io.read_table(spark, paths.table("products"))
-    content = io.read_table(spark, paths.table("content_neighbours")).toPandas()
+    content = io.read_table(spark, paths.table("content_neighbours"))
     clusters = io.read_table(spark, paths.table("product_clusters")).select("product_id", "cluster").toPandas()
     protocol = protocol_for(spark, paths)
     # Transform
+    index = recommender.catalog_index(products)
+    content_edges = recommender.content_edges(content, index)
     with io.work_folder(spark, paths, "evaluate") as work:
-        metrics, tuning = evaluate_methods(events, recommender.catalog_index(products), content, clusters, config,
-                                           protocol, work, paths.counts(EVALUATION_TRAIN))
+        metrics, tuning = evaluate_methods(events, index, content_edges, clusters, config, protocol, work,
+                                           paths.counts(EVALUATION_TRAIN))
     metrics.insert(0, "run_id", paths.run_id)
     metrics["k"] = config.evaluation.eval_k
     # Load

@@ -33,10 +33,8 @@ from recs.scoring import (
     Scores,
     cluster_positions,
     ease_edges,
-    pairs_to_matrix,
     positions_to_matrix,
     row_normalised,
-    top_per_row,
 )
 
 log = logging.getLogger(__name__)
@@ -192,21 +190,42 @@ def popularity(events: DataFrame, half_lives: list[float], settings: Recommender
 # --- Driver side: compact item x item matrices ---------------------------------
 
 
+def content_edges(content: DataFrame, index: ItemIndex) -> sparse.csr_matrix:
+    """The text signal's item x item matrix from the content neighbours table
+    (product_id, neighbour_id, score; each product's best `neighbours_per_product`
+    already, `recs.recommend.content_neighbours`): positive scores between two products
+    of the catalog. Ids become catalog positions in Spark, so only numbers reach the
+    driver, through Arrow: a million products' 50 neighbours each, as ids in pandas,
+    would take gigabytes of Python strings."""
+    positions = F.broadcast(catalog_positions(content.sparkSession, index))
+    theirs = positions.select(F.col("product_id").alias("neighbour_id"), F.col("position").alias("neighbour"))
+    pairs = (
+        content.where(F.col("score") > 0).join(positions, "product_id").join(theirs, "neighbour_id")
+        .where(F.col("position") != F.col("neighbour"))
+        .select("position", "neighbour", F.col("score").cast("float"))
+        .toArrow()
+    )
+    return sparse.csr_matrix(
+        (pairs.column("score").to_numpy(), (pairs.column("position").to_numpy(), pairs.column("neighbour").to_numpy())),
+        shape=(len(index), len(index)), dtype=np.float32)
+
+
 def build_edges(
     index: ItemIndex,
     counts: Counts,
-    content: pd.DataFrame,
+    content: sparse.csr_matrix,
     settings: RecommenderSettings,
     ease_regularisation: float | None = None,
 ) -> dict[str, sparse.csr_matrix]:
-    """The item x item matrices from what Spark counted (already top K per product)."""
+    """The item x item matrices from what Spark counted and the content edges
+    (`content_edges`), all already top K per product."""
     keep = settings.neighbours_per_product
     return {
         "covisit": counts.covisit.astype(np.float32),
         "ease": ease_edges(*counts.ease_weights(ease_regularisation or settings.ease_lambda, settings.ease_max_items),
                            len(index), keep),
         "next": row_normalised(counts.transitions.astype(np.float32)),
-        "content": top_per_row(pairs_to_matrix(content, index, "score"), keep),
+        "content": content,
     }
 
 
@@ -444,7 +463,7 @@ def _sample_frame(spark: SparkSession, history: pd.DataFrame, users: list[str]) 
 def fit_model(
     events: DataFrame,
     index: ItemIndex,
-    content: pd.DataFrame,
+    content: sparse.csr_matrix,
     clusters: pd.DataFrame,
     settings: RecommenderSettings,
     work: str,

@@ -31,7 +31,7 @@ from recs import io, neighbours
 from recs.config import RecommenderSettings, RecsConfig, RuntimeSettings
 from recs.embeddings.base import normalise_rows
 from recs.io import RunPaths, write_table
-from recs.model import catalog_index, in_user_blocks, scoring_history, top_per_product, user_item_weights
+from recs.model import catalog_index, content_edges, in_user_blocks, scoring_history, top_per_product, user_item_weights
 from recs.scoring import SIMILAR_CUSTOMERS, USERS_PER_BLOCK, Model, recommend_block, with_customers
 from recs.splits import EVALUATION_TRAIN, protocol_for
 from recs.tuning import tuned_model
@@ -229,8 +229,8 @@ def run(spark: SparkSession, config: RecsConfig, paths: RunPaths) -> dict:
     content = spark.read.parquet(paths.table("content_neighbours"))
     index = catalog_index(products)
     with io.work_folder(spark, paths, "recommend") as work:
-        model, tuning = tuned_model(events, index, content.toPandas(), clusters, config, protocol_for(spark, paths),
-                                    work, paths.counts(EVALUATION_TRAIN))
+        model, tuning = tuned_model(events, index, content_edges(content, index),
+                                    clusters, config, protocol_for(spark, paths), work, paths.counts(EVALUATION_TRAIN))
         # Read three times (user count, scoring, stats): aggregate the event log once.
         history = scoring_history(user_item_weights(events, settings)).cache()
         recommendations = explain(score_users(spark, model, history, settings.top_n), products)

@@ -84,13 +84,6 @@ def top_per_row(matrix, keep: int, drop_diagonal: bool = True) -> sparse.csr_mat
     return sparse.csr_matrix((source.data[chosen], (rows, source.indices[chosen])), shape=source.shape)
 
 
-def pairs_to_matrix(pairs: pd.DataFrame, index: ItemIndex, value: str) -> sparse.csr_matrix:
-    rows, cols = index.positions(pairs["product_id"]), index.positions(pairs["neighbour_id"])
-    known = (rows >= 0) & (cols >= 0)
-    values = pairs[value].to_numpy(dtype=np.float64)[known]
-    return sparse.csr_matrix((values, (rows[known], cols[known])), shape=(len(index), len(index)))
-
-
 def ease_weights(counts: sparse.csr_matrix, regularisation: float, max_items: int) -> tuple[np.ndarray, np.ndarray]:
     """(popular, weights): EASE^R's B = I - P diag(1/diag(P)), P = (G + lambda I)^-1, as a
     dense float32 matrix over the `max_items` most popular products (their positions

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame
+from scipy import sparse
 
 from recs import model as recommender
 from recs import scoring
@@ -91,12 +92,13 @@ def tune(
 
 
 def tuned_model(
-    events: DataFrame, index: ItemIndex, content: pd.DataFrame, clusters: pd.DataFrame, config: RecsConfig,
+    events: DataFrame, index: ItemIndex, content: sparse.csr_matrix, clusters: pd.DataFrame, config: RecsConfig,
     protocol: str, work: str, kept_counts: str | None = None,
 ) -> tuple[Model, dict]:
     """Choose the blend weights, the trend half-life and the similar customers on a
     validation split carved from `events`, then fit on all of `events` with them
-    (`work`: a folder for what the Spark tasks read, `recommender.ship_customers`;
+    (`content`: `recommender.content_edges`; `work`: a folder for what the Spark tasks
+    read, `recommender.ship_customers`;
     `kept_counts`: where the validation train part's pair counts stay for a later step).
 
     Takes the whole configuration, unlike the functions above: the split and its

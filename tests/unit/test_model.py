@@ -206,7 +206,8 @@ def test_no_leakage_from_the_test_window(spark, tmp_path):
     assert {row["product_id"] for row in split.relevant.collect()} == {"X", "p7"}
 
     index = scoring.ItemIndex(np.array(["X", "p1", "p2", "p3", "p4", "p5", "p6", "p7"]))
-    content = pd.DataFrame({"product_id": ["p1"], "neighbour_id": ["X"], "score": [0.9]})
+    content = model.content_edges(
+        spark.createDataFrame(pd.DataFrame({"product_id": ["p1"], "neighbour_id": ["X"], "score": [0.9]})), index)
     clusters = pd.DataFrame({"product_id": index.ids, "cluster": [0, 0, 0, 0, 1, 1, 1, 1]})
     fitted = model.fit_model(split.train, index, content, clusters, config.recommender, str(tmp_path))
     x = index.positions(["X"])[0]
@@ -459,7 +460,7 @@ def test_candidate_scores_from_the_tasks_equal_the_driver_scores(spark, tmp_path
     settings = RecsConfig.from_settings(dict(neighbour_users=5, k_min=2)).recommender
     index = scoring.ItemIndex(np.array(sorted({row[1] for row in rows})))
     clusters = pd.DataFrame({"product_id": index.ids, "cluster": np.arange(len(index)) % 4})
-    content = pd.DataFrame(columns=["product_id", "neighbour_id", "score"])
+    content = sparse.csr_matrix((len(index), len(index)), dtype=np.float32)
     fitted = model.fit_model(events, index, content, clusters, settings, str(tmp_path))
     history = model.scoring_history(model.user_item_weights(events, settings)).toPandas()
     users = sorted(history["user_id"].unique())

@@ -16,6 +16,7 @@ from scipy import sparse
 import recs.model
 from recs.config import RecommenderSettings
 from recs.model import (
+    content_edges,
     count_pairs,
     covisit_edges,
     ease_counts,
@@ -35,7 +36,6 @@ from recs.scoring import (
     Model,
     customers_from_pairs,
     nearest_customers,
-    pairs_to_matrix,
     read_customers,
     recommend_block,
     top_k,
@@ -44,6 +44,14 @@ from recs.scoring import (
 
 NOW = datetime(2026, 10, 31, 12, 0, tzinfo=UTC)
 EVENTS_SCHEMA = "user_id string, product_id string, event_type string, quantity int, ts timestamp"
+
+
+def pairs_to_matrix(pairs: pd.DataFrame, index: ItemIndex, value: str) -> sparse.csr_matrix:
+    """(product_id, neighbour_id, value) rows by id as a products x products matrix, unknown ids left out."""
+    rows, cols = index.positions(pairs["product_id"]), index.positions(pairs["neighbour_id"])
+    known = (rows >= 0) & (cols >= 0)
+    values = pairs[value].to_numpy(dtype=np.float64)[known]
+    return sparse.csr_matrix((values, (rows[known], cols[known])), shape=(len(index), len(index)))
 
 
 def test_user_item_weights_type_weights_and_half_life(spark):
@@ -294,6 +302,27 @@ def test_top_per_row():
         [0, 0, 3, 0, 5],
         [0, 0, 0, 0, 0],
     ]
+
+
+def test_content_edges_are_the_positive_neighbours_by_catalog_position(spark):
+    """What the recommender reads of the content neighbours table: the same matrix as the
+    rows by id, with a product itself, non-positive scores and ids outside the catalog
+    left out."""
+    index = ItemIndex(np.array(["A", "B", "C", "D"]))
+    rows = pd.DataFrame({
+        "product_id": ["A", "A", "A", "B", "B", "C", "X", "D"],
+        "neighbour_id": ["B", "D", "A", "A", "X", "D", "A", "C"],
+        "score": [0.9, 0.7, 1.0, 0.9, 0.8, -0.1, 0.6, 0.3],
+    })
+    edges = content_edges(spark.createDataFrame(rows).repartition(3), index)
+    assert edges.dtype == np.float32
+    np.testing.assert_allclose(edges.toarray(), top_per_row(pairs_to_matrix(rows, index, "score"), 2).toarray())
+    np.testing.assert_allclose(edges.toarray(), [
+        [0, 0.9, 0, 0.7],  # A: not itself
+        [0.9, 0, 0, 0],  # B: X is not in the catalog
+        [0, 0, 0, 0],  # C: a negative cosine adds nothing
+        [0, 0, 0.3, 0],
+    ], rtol=1e-6)
 
 
 def test_top_k_never_returns_excluded():
