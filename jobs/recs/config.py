@@ -310,7 +310,7 @@ class RuntimeSettings:
     # fit). Raise it to the cluster's cores on a cluster.
     als_blocks: int = _setting(2, "RECS_ALS_BLOCKS")
     # Local runs (`local[*]`) only, where the driver JVM is the whole of Spark: its heap
-    # (spark-submit --driver-memory, e.g. 6g; empty = a quarter of this machine's RAM,
+    # (spark-submit --driver-memory, e.g. 8g; empty = two fifths of this machine's RAM,
     # 1g to 16g) and the most a job may collect to it (empty = half the heap). On a
     # cluster the connection's extras or spark-defaults.conf decide.
     driver_memory: str = _setting("", "RECS_DRIVER_MEMORY")

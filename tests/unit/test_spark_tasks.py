@@ -13,8 +13,8 @@ from recs_airflow import class_archive, spark_tasks
 GIB = 2**30
 
 
-def test_driver_memory_is_a_capped_quarter_of_the_machine():
-    assert spark_tasks.local_driver_memory(RecsConfig(), 24 * GIB) == ("6144m", "3072m")
+def test_driver_memory_is_a_capped_two_fifths_of_the_machine():
+    assert spark_tasks.local_driver_memory(RecsConfig(), 24 * GIB) == ("9830m", "4915m")
     assert spark_tasks.local_driver_memory(RecsConfig(), 2 * GIB) == ("1024m", "512m")
     assert spark_tasks.local_driver_memory(RecsConfig(), 256 * GIB) == ("16384m", "8192m")
 
