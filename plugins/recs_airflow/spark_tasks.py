@@ -68,8 +68,8 @@ def local_driver_memory(config: RecsConfig, total_bytes: int | None = None) -> t
     RECS_DRIVER_MAX_RESULT_SIZE): two fifths of the machine's RAM, between 1g and 16g
     (the Python workers and the driver's numpy live beside it), and half of it for
     results collected to the driver. A quarter was too little for a million products:
-    L's recommend step keeps about 4.7 GB live in the heap while it writes, and died
-    in 6 GB (24 GiB machine) where 10 GB carried it through.
+    L's recommend step died in 6 GB (24 GiB machine) while writing, with about 4.3 GB
+    live after a full collection; with 10 GB it completed.
     """
     if total_bytes is None:
         import psutil
