@@ -234,17 +234,6 @@ class Model:
         """The clusters' products by popularity, built once per worker (O(products log products))."""
         return cluster_layout(self.cluster_of, self.trend)
 
-    @functools.cached_property
-    def reason_edges(self) -> sparse.csr_matrix:
-        """recommended x history products: how much a product of a history adds to a
-        recommended product's personal score (the weighted item-item signals,
-        transposed); built once per worker, on first use."""
-        total = sparse.csr_matrix((len(self.index), len(self.index)), dtype=np.float32)
-        for name in EDGE_SIGNALS:
-            if self.weights.get(name):
-                total = total + self.weights[name] * self.edges[name]
-        return total.T.tocsr()
-
 
 def history_matrix(history: pd.DataFrame, users: list[str], index: ItemIndex, value: str = "weight"):
     """users x products sparse matrix of `value` from (user_id, product_id, value) rows."""
@@ -361,6 +350,21 @@ def values_at(matrix: sparse.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> 
     return np.where(keys[found] == wanted, matrix.data[found], 0.0)
 
 
+def values_at_keys(keys: np.ndarray, matrix: sparse.coo_matrix, width: int) -> np.ndarray:
+    """The matrix's values (float32) at entries given by sorted `keys` (row x `width` +
+    column), 0 where it holds none: each of its entries is looked up among the keys, so
+    the cost grows with its entries, however many keys there are (a user's candidates
+    are the union of every signal's entries, most of them from one signal)."""
+    values = np.zeros(len(keys), dtype=np.float32)
+    if len(keys) == 0 or matrix.nnz == 0:
+        return values
+    own = matrix.row.astype(np.int64) * width + matrix.col
+    found = np.minimum(np.searchsorted(keys, own), len(keys) - 1)
+    hit = keys[found] == own
+    values[found[hit]] = matrix.data[hit]
+    return values
+
+
 def leading(order: np.ndarray, starts: np.ndarray, lengths: np.ndarray, rows: np.ndarray):
     """(rows, products): for each i, the first lengths[i] products of `order` from
     starts[i] on, on row rows[i]."""
@@ -402,9 +406,9 @@ def signal_scores(model: Model, history: pd.DataFrame, users: list[str], k: int)
         "content": shares @ model.edges["content"],
         "neighbours": neighbour_scores(model.customers, users, products),
     }
-    personal = {name: _per_user_normalised(matrix) for name, matrix in personal.items()}
-    parts = [matrix.tocoo() for matrix in personal.values()]
-    picks = [(part.row, part.col) for part in parts] + [popular_candidates(model.trend, excluded, k, model.trend_order)]
+    personal = {name: _per_user_normalised(matrix).tocoo() for name, matrix in personal.items()}
+    picks = [(part.row, part.col) for part in personal.values()]
+    picks.append(popular_candidates(model.trend, excluded, k, model.trend_order))
     # Interest per cluster, spread over that cluster's products by their popularity:
     # each cluster's k + (bought there) most popular products are its candidates.
     layout = model.cluster_layout
@@ -422,7 +426,8 @@ def signal_scores(model: Model, history: pd.DataFrame, users: list[str], k: int)
     candidates.sort_indices()
     rows = np.repeat(np.arange(len(users)), np.diff(candidates.indptr))
     cols = candidates.indices
-    values = {name: values_at(matrix, rows, cols).astype(np.float32) for name, matrix in personal.items()}
+    keys = rows.astype(np.int64) * products + cols
+    values = {name: values_at_keys(keys, matrix, products) for name, matrix in personal.items()}
     if layout.clusters:
         top = (interest * layout.best_trend[None, :]).max(axis=1)
         own = model.cluster_of[cols]
@@ -432,7 +437,7 @@ def signal_scores(model: Model, history: pd.DataFrame, users: list[str], k: int)
     else:
         values["cluster"] = np.zeros(len(cols), dtype=np.float32)
     values["trend"] = model.trend[cols].astype(np.float32)
-    return Scores(candidates, values, values_at(excluded, rows, cols) > 0)
+    return Scores(candidates, values, values_at_keys(keys, excluded.tocoo(), products) > 0)
 
 
 def blend(scores: Scores, weights: dict[str, float]) -> np.ndarray:
@@ -593,29 +598,44 @@ def recommend_block(model: Model, history: pd.DataFrame, k: int) -> pd.DataFrame
         "user_id": np.asarray(users, dtype=object)[row], "rank": slot + 1,
         "product_id": model.index.ids[chosen[row, slot]], "score": best_scores[row, slot].astype(float),
     })
-    events = history.set_index(["user_id", "product_id"])["strongest_event"]
-    reason_ids = [model.index.ids[p] if p >= 0 else None for p in reasons[row, slot]]
-    result["reason_product_id"] = reason_ids
-    result["reason_event"] = [
-        events.get((u, p)) if p is not None else (SIMILAR_CUSTOMERS if similar else None)
-        for u, p, similar in zip(result["user_id"], reason_ids, from_customers[picked], strict=True)
-    ]
+    reason = reasons[row, slot]
+    result["reason_product_id"] = np.where(reason >= 0, model.index.ids[np.maximum(reason, 0)], None)
+    strongest = history.drop_duplicates(["user_id", "product_id"]).set_index(["user_id", "product_id"])
+    reason_event = strongest["strongest_event"].reindex(
+        pd.MultiIndex.from_arrays([result["user_id"], result["reason_product_id"]])).to_numpy(dtype=object)
+    result["reason_event"] = np.where(reason >= 0, reason_event,
+                                      np.where(from_customers[picked], SIMILAR_CUSTOMERS, None))
     return result
 
 
 def reason_items(model: Model, weights: sparse.csr_matrix, chosen: np.ndarray) -> np.ndarray:
     """users x k: per recommended position (`chosen`, -1 for none), the product of the
-    user's history (`weights`, users x products) that adds most to its personal score;
-    -1 when none does (e.g. a trending product). One sparse product per list slot."""
+    user's history (`weights`, users x products) that adds most to its personal score,
+    the earlier position of equals; -1 when none does (e.g. a trending product).
+
+    A history product h adds weights[u, h] x (the blend's item-item signals from h to the
+    recommended product), read from h's own rows of the edges: the cost grows with
+    history x k. (The other way round, from the recommended product back to every product
+    that points at it, a best-seller's column holds a large share of the catalog.)"""
+    history = sparse.csr_matrix(weights)
+    history.sort_indices()
     reasons = np.full(chosen.shape, -1, dtype=np.int64)
+    if history.nnz == 0 or chosen.size == 0:
+        return reasons
+    user = np.repeat(np.arange(history.shape[0]), np.diff(history.indptr))
+    sources, source_row = np.unique(history.indices, return_inverse=True)
+    targets = chosen[user]  # history entries x k
+    rows, cols = np.repeat(source_row, chosen.shape[1]), np.maximum(targets, 0).ravel()
+    edges = np.zeros(targets.size, dtype=np.float32)  # summed in float32, as the edges are
+    for name in EDGE_SIGNALS:
+        if model.weights.get(name):
+            edges += np.float32(model.weights[name]) * values_at(model.edges[name][sources], rows, cols)
+    contribution = edges.reshape(targets.shape) * history.data[:, None]
+    contribution[(targets < 0) | ~(contribution > 0)] = -np.inf
     for slot in range(chosen.shape[1]):
-        rows = np.flatnonzero(chosen[:, slot] >= 0)
-        contribution = model.reason_edges[chosen[rows, slot]].multiply(weights[rows]).tocsr()
-        contribution.data[contribution.data < 0] = 0
-        contribution.eliminate_zeros()
-        best, _ = top_entries(contribution.indptr, contribution.data, 1)
+        best, _ = top_entries(history.indptr, contribution[:, slot], 1)
         found = best[:, 0] >= 0
-        reasons[rows[found], slot] = contribution.indices[best[found, 0]]
+        reasons[found, slot] = history.indices[best[found, 0]]
     return reasons
 
 

@@ -37,6 +37,7 @@ from recs.scoring import (
     customers_from_pairs,
     nearest_customers,
     read_customers,
+    reason_items,
     recommend_block,
     top_k,
     top_per_row,
@@ -517,6 +518,35 @@ def test_recommend_block_by_hand():
         for r in result.itertuples()
     ]
     assert sorted(got, key=lambda row: row[:2]) == EXPECTED
+
+
+def test_reasons_are_the_history_products_that_add_most_to_each_pick():
+    rng = np.random.default_rng(5)
+    products, users, k = 40, 30, 5
+    dense = {name: (rng.random((products, products)) - 0.2) * (rng.random((products, products)) < 0.2)
+             for name in EDGE_SIGNALS}
+    for matrix in dense.values():
+        matrix[2] = matrix[1]  # products 1 and 2 reach every product alike: ties
+    weights = {"covisit": 1.0, "ease": 0.5, "next": 0.0, "content": 0.25, "trend": 1.0}
+    model = Model(index=ItemIndex(np.array([f"P{i}" for i in range(products)], dtype=object)),
+                  edges={name: sparse.csr_matrix(matrix, dtype=np.float32) for name, matrix in dense.items()},
+                  cluster_of=np.zeros(products, dtype=np.int64), trend=np.ones(products), weights=weights)
+    history = rng.random((users, products)) * (rng.random((users, products)) < 0.15)
+    history[0, :] = 0
+    history[0, [1, 2]] = 0.5
+    chosen = rng.integers(-1, products, size=(users, k))
+    chosen[0] = np.arange(k)
+    # Dense reference: per pick, the history product with the largest positive
+    # weight x (weighted item-item edges to the pick), the earlier one of equals.
+    total = sum(np.float32(weights[name]) * dense[name].astype(np.float32) for name in EDGE_SIGNALS if weights[name])
+    expected = np.full((users, k), -1)
+    for user in range(users):
+        for slot, pick in enumerate(chosen[user]):
+            added = history[user] * total[:, pick]
+            if pick >= 0 and (added > 0).any():
+                expected[user, slot] = int(np.argmax(np.where(added > 0, added, -np.inf)))
+    assert (expected[0][expected[0] >= 0] == 1).all() and (expected >= 0).sum() > users
+    assert (reason_items(model, sparse.csr_matrix(history), chosen) == expected).all()
 
 
 def test_recommend_block_stops_when_the_catalog_runs_out():
