@@ -29,7 +29,7 @@ from recs.config import RecsConfig, RuntimeSettings
 from recs.io import RunPaths, write_table
 from recs.metrics import best_baseline, metrics_at_k
 from recs.ordering import fixed_order
-from recs.scoring import ItemIndex, Model, Scores
+from recs.scoring import ItemIndex, Model
 from recs.splits import EVALUATION_TRAIN, EvalSet, binary_history, eval_set, make_split, protocol_for, scoring_histories
 from recs.tuning import tune, tune_time_settings
 
@@ -183,40 +183,40 @@ def evaluate_methods(
     # Ours: the same procedure as the recommend step, on the train part only.
     settings = tune_time_settings(inner.train, index, validation, config.recommender, k, work)
     ours, half_life, validation_customers = settings.settings, settings.trend_half_life_days, settings.customers
-    validation_model = recommender.fit_model(inner.train, index, content, clusters, ours, work,
-                                             trend_half_life_days=half_life, counts=inner_counts,
-                                             customers=validation_customers)
-    test_model = recommender.fit_model(split.train, index, content, clusters, ours, work,
-                                       trend_half_life_days=half_life, counts=train_counts)
-
     # Without time (below): no recency decay in histories, no "bought next", no similar
     # customers' recent buys, no trending.
     flat = 1e9
     flat_validation_history, flat_test_history = concurrently(
         lambda part: scoring_histories(*part, config.recommender, flat),
         [(inner.train, validation.users), (split.train, test.users)])
-
-    def candidate_scores(job: tuple[Model, EvalSet, pd.DataFrame]) -> Scores:
-        fitted, evaluation, history = job
-        return recommender.candidate_scores(fitted, history, evaluation.users, k, events.sparkSession)
-
-    # One candidate table at a time: each passes through the driver JVM's heap on its way (at
-    # 10,000 users of a 100k-product shop, four at once overflowed a 6 GiB heap).
-    validation_scores, test_scores, flat_validation_scores, flat_test_scores = (candidate_scores(job) for job in [
-        (validation_model, validation, validation.history), (test_model, test, test.history),
-        (validation_model, validation, flat_validation_history), (test_model, test, flat_test_history)])
-    # Ours and its two ablations, each tuned on validation (one after the other: each ranks
-    # its grid's values at once already, and each ranking holds a copy of the candidates).
+    # Ours and its two ablations, each tuned on validation ("published" and "without_text"
+    # on the same candidates). One fitted model and one candidate table at a time: a table
+    # is users x candidates (at 10,000 users of a 1M-product shop with 800 similar
+    # customers, gigabytes), passes through the driver JVM's heap on its way, and tuning
+    # ranks a few copies of it at once; four at once were killed for memory at 1M products.
     variants = {
-        "published": (validation_scores, test_scores, {}),
-        "without_text": (validation_scores, test_scores, dict.fromkeys(scoring.TEXT_SIGNALS, 0.0)),
-        "without_time": (flat_validation_scores, flat_test_scores, dict.fromkeys(scoring.TIME_SIGNALS, 0.0)),
+        "published": {},
+        "without_text": dict.fromkeys(scoring.TEXT_SIGNALS, 0.0),
+        "without_time": dict.fromkeys(scoring.TIME_SIGNALS, 0.0),
     }
+    with_time = ("published", "without_text")
     start = recommender.default_weights(config.recommender)
     tuned = {}
-    for name, (on_validation, on_test, fixed) in variants.items():
-        tuned[name] = tune(on_validation, validation, start, k, fixed)[0]
-        tops[name] = scoring.ranked(on_test, tuned[name], k, config.recommender.discovery_share)[0]
+    fitted = recommender.fit_model(inner.train, index, content, clusters, ours, work, trend_half_life_days=half_life,
+                                   counts=inner_counts, customers=validation_customers)
+    for history, names in [(validation.history, with_time), (flat_validation_history, ("without_time",))]:
+        scores = recommender.candidate_scores(fitted, history, validation.users, k, events.sparkSession)
+        for name in names:
+            tuned[name] = tune(scores, validation, start, k, variants[name])[0]
+        del scores
+    del fitted
+    test_model = recommender.fit_model(split.train, index, content, clusters, ours, work,
+                                       trend_half_life_days=half_life, counts=train_counts)
+    for history, names in [(test.history, with_time), (flat_test_history, ("without_time",))]:
+        scores = recommender.candidate_scores(test_model, history, test.users, k, events.sparkSession)
+        for name in names:
+            tops[name] = scoring.ranked(scores, tuned[name], k, config.recommender.discovery_share)[0]
+        del scores
 
     # Baselines, each tuned on validation the same way.
     tops["most_popular"] = scoring.top_k_popular(test.buyers, test.excluded, k)
@@ -236,7 +236,7 @@ def evaluate_methods(
     # (Scored without the similar customers, on the driver: a signal weighed 0 adds no
     # product to a top k without discovery slots, so they would cost a Spark pass for nothing.)
     popular_model = dataclasses.replace(without_customers(test_model), trend=test.buyers / max(test.buyers.max(), 1))
-    cluster_only = candidate_scores((popular_model, test, test.history))
+    cluster_only = recommender.candidate_scores(popular_model, test.history, test.users, k, events.sparkSession)
     tops["cluster_only"] = scoring.ranked(cluster_only, {"cluster": 1.0}, k, 0.0)[0]
 
     rows = [row for method, top in tops.items() for row in metric_rows(method, top, test, cluster_of)]
