@@ -449,14 +449,20 @@ def blend(scores: Scores, weights: dict[str, float]) -> np.ndarray:
     return total
 
 
+# Cells (rows x their padded width) `top_entries` ranks at once: its working set is a few
+# times this many int64/float32 values (~60 MB), however many candidates there are
+# (tuning ranks tens of millions, a few grid values at once).
+TOP_BLOCK_CELLS = 1 << 21
+
+
 @dataclass(frozen=True)
 class RowBuckets:
     """The rows of a CSR layout grouped by length (powers of two), each group padded to
-    its longest row: (rows, offsets of their entries, which offsets are real). Built once,
-    it serves every `top_entries` over the same candidates (tuning ranks them ~100 times)."""
+    its longest row: (rows, that width). Built once, it serves every `top_entries` over
+    the same candidates (tuning ranks them ~100 times)."""
 
     rows: int
-    groups: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]
+    groups: tuple[tuple[np.ndarray, int], ...]
 
 
 def row_buckets(indptr: np.ndarray) -> RowBuckets:
@@ -465,10 +471,7 @@ def row_buckets(indptr: np.ndarray) -> RowBuckets:
     groups = []
     for size in np.unique(sizes[lengths > 0]):
         rows = np.flatnonzero((sizes == size) & (lengths > 0))
-        width = int(lengths[rows].max())
-        inside = np.arange(width)[None, :] < lengths[rows][:, None]
-        offsets = np.where(inside, indptr[rows][:, None] + np.arange(width)[None, :], 0)
-        groups.append((rows, offsets, inside))
+        groups.append((rows, int(lengths[rows].max())))
     return RowBuckets(len(indptr) - 1, tuple(groups))
 
 
@@ -500,18 +503,26 @@ def top_entries(indptr: np.ndarray, values: np.ndarray, k: int, buckets: RowBuck
     buckets = buckets or row_buckets(indptr)
     entries = np.full((buckets.rows, k), -1, dtype=np.int64)
     best = np.full((buckets.rows, k), -np.inf, dtype=np.float64)
-    for rows, offsets, inside in buckets.groups:
-        width = offsets.shape[1]
-        padded = np.where(inside, values[offsets], -np.inf)
+    for group, width in buckets.groups:
         keep = min(k, width)
-        chosen = _first_largest(padded, keep) if keep < width else np.broadcast_to(np.arange(width), (len(rows), width))
-        chosen_values = np.take_along_axis(padded, chosen, axis=1)
-        order = np.argsort(-chosen_values, axis=1, kind="stable")
-        chosen, chosen_values = np.take_along_axis(chosen, order, axis=1), np.take_along_axis(chosen_values, order, 1)
-        found = np.isfinite(chosen_values)
-        entries[rows, :keep] = np.where(found, np.take_along_axis(offsets, chosen, axis=1), -1)
-        best[rows, :keep] = chosen_values
+        step = max(1, TOP_BLOCK_CELLS // width)
+        for start in range(0, len(group), step):
+            rows = group[start:start + step]
+            entries[rows, :keep], best[rows, :keep] = _top_of_rows(indptr, values, rows, width, keep)
     return entries, best
+
+
+def _top_of_rows(indptr: np.ndarray, values: np.ndarray, rows: np.ndarray, width: int, keep: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """`top_entries` of `rows`, each padded to `width` (rows x keep)."""
+    offsets = indptr[rows][:, None] + np.arange(width)[None, :]
+    inside = offsets < indptr[rows + 1][:, None]
+    padded = np.where(inside, values[np.where(inside, offsets, 0)], -np.inf)
+    chosen = _first_largest(padded, keep) if keep < width else np.broadcast_to(np.arange(width), (len(rows), width))
+    chosen_values = np.take_along_axis(padded, chosen, axis=1)
+    order = np.argsort(-chosen_values, axis=1, kind="stable")
+    chosen, chosen_values = np.take_along_axis(chosen, order, axis=1), np.take_along_axis(chosen_values, order, 1)
+    return np.where(np.isfinite(chosen_values), np.take_along_axis(offsets, chosen, axis=1), -1), chosen_values
 
 
 def top_k(matrix: sparse.csr_matrix, excluded: sparse.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -552,7 +563,8 @@ def ranked_entries(scores: Scores, weights: dict[str, float], k: int, share: flo
     """(entries, blended scores) of each user's k products: the blend's best first, then
     `discovery_slots` for the best of the user's own item-item signals not yet shown
     (the blend's next best when those run out). `buckets`: the candidates' `row_buckets`."""
-    blended = np.where(scores.excluded, -np.inf, blend(scores, weights))
+    blended = blend(scores, weights)
+    blended[scores.excluded] = -np.inf
     indptr = scores.candidates.indptr
     buckets = buckets or row_buckets(indptr)
     entries, best = top_entries(indptr, blended, k, buckets)

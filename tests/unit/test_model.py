@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+import tracemalloc
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -269,6 +270,27 @@ def test_top_entries_of_a_row_do_not_depend_on_the_rows_it_is_padded_with():
     # The k largest, best first; of equal values the earlier entry.
     values = np.array([0.2, 0.9, 0.5, 0.9, 0.1, 0.7, 0.5, 0.5])
     assert scoring.top_entries(np.array([0, 8]), values, 4)[0].tolist() == [[1, 3, 5, 2]]
+
+
+def test_ranking_works_through_a_bounded_block_of_candidates_at_a_time(monkeypatch):
+    # Tuning ranks tens of millions of candidates, a few grid values at once: ranking a
+    # whole bucket of rows at once held ~30 bytes per padded cell, several GB at 1M products.
+    monkeypatch.setattr(scoring, "TOP_BLOCK_CELLS", 1 << 14)
+    rng = np.random.default_rng(0)
+    indptr = np.r_[0, np.cumsum(rng.integers(200, 256, 8000))]
+    values = rng.random(indptr[-1]).astype(np.float32)
+    buckets = scoring.row_buckets(indptr)
+    tracemalloc.start()
+    try:
+        entries, best = scoring.top_entries(indptr, values, 10, buckets)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < values.nbytes
+    for row in rng.choice(8000, 200, replace=False):
+        start, end = indptr[row], indptr[row + 1]
+        assert entries[row].tolist() == (start + np.argsort(-values[start:end], kind="stable")[:10]).tolist()
+        assert best[row].tolist() == pytest.approx(np.sort(values[start:end])[::-1][:10].tolist())
 
 
 def test_neighbour_scores_by_hand():
