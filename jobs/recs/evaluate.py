@@ -59,6 +59,17 @@ def ease_top(counts: scoring.Counts, history: sparse.csr_matrix, excluded: spars
                               DENSE_BLOCK_CELLS)
 
 
+def factor_matrix(factors: DataFrame, size: int) -> np.ndarray:
+    """ALS factors (id, features) as a dense size x rank float32 matrix, zeros where an id
+    has none. Through Arrow: a pandas row per product held a million small arrays at L."""
+    table = factors.select("id", "features").toArrow()
+    matrix = np.zeros((size, ALS_RANK), dtype=np.float32)
+    if table.num_rows:
+        features = table.column("features").combine_chunks()
+        matrix[table.column("id").to_numpy()] = features.flatten().to_numpy().reshape(len(features), ALS_RANK)
+    return matrix
+
+
 def als_top(train: DataFrame, index: ItemIndex, users: list[str], excluded: sparse.csr_matrix, k: int,
             params: dict, seed: int, blocks: int) -> np.ndarray:
     """Spark MLlib ALS with implicit feedback: each user's top k (positions), the factors
@@ -76,9 +87,7 @@ def als_top(train: DataFrame, index: ItemIndex, users: list[str], excluded: spar
     als = ALS(rank=ALS_RANK, maxIter=10, implicitPrefs=True, userCol="user", itemCol="item", ratingCol="rating",
               coldStartStrategy="drop", seed=seed, numUserBlocks=blocks, numItemBlocks=blocks, **params)
     fitted = als.fit(ratings)
-    item_factors = np.zeros((len(index), ALS_RANK), dtype=np.float32)
-    for row in fitted.itemFactors.toPandas().itertuples():
-        item_factors[row.id] = row.features
+    item_factors = factor_matrix(fitted.itemFactors, len(index))
     wanted = spark.createDataFrame(pd.DataFrame({"user_id": users}, dtype=object), schema="user_id string")
     user_factors = fitted.userFactors.join(
         user_ids.join(F.broadcast(wanted), "user_id"), F.col("id") == F.col("user")

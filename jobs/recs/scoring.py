@@ -440,12 +440,19 @@ def signal_scores(model: Model, history: pd.DataFrame, users: list[str], k: int)
     return Scores(candidates, values, values_at_keys(keys, excluded.tocoo(), products) > 0)
 
 
+# Candidate entries blended at once: the weighted signal of a slice is a temporary, so
+# tuning (a few blends of tens of millions of entries at once) holds no second copy.
+BLEND_BLOCK = 1 << 20
+
+
 def blend(scores: Scores, weights: dict[str, float]) -> np.ndarray:
     """The weighted sum of the signals, per candidate entry."""
     total = np.zeros(len(scores.positions), dtype=np.float32)
     for name, weight in weights.items():
         if weight:
-            total += np.float32(weight) * scores[name]
+            values = scores[name]
+            for start in range(0, len(total), BLEND_BLOCK):
+                total[start:start + BLEND_BLOCK] += np.float32(weight) * values[start:start + BLEND_BLOCK]
     return total
 
 

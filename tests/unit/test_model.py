@@ -15,7 +15,7 @@ import pytest
 from pyspark import SparkFiles
 from scipy import sparse
 
-from recs import model, scoring, tuning
+from recs import evaluate, model, scoring, tuning
 from recs.config import RecsConfig
 from recs.splits import eval_set, time_split
 
@@ -291,6 +291,42 @@ def test_ranking_works_through_a_bounded_block_of_candidates_at_a_time(monkeypat
         start, end = indptr[row], indptr[row + 1]
         assert entries[row].tolist() == (start + np.argsort(-values[start:end], kind="stable")[:10]).tolist()
         assert best[row].tolist() == pytest.approx(np.sort(values[start:end])[::-1][:10].tolist())
+
+
+def test_blending_holds_no_second_copy_of_the_candidates(monkeypatch):
+    # Tuning blends a few copies of tens of millions of candidates at once: the weighted
+    # signal of all entries, a temporary as large as the blend, was 320 MB each at L.
+    monkeypatch.setattr(scoring, "BLEND_BLOCK", 1 << 16)
+    rng = np.random.default_rng(0)
+    entries = 1 << 21
+    candidates = sparse.csr_matrix((np.ones(entries, np.int8), rng.integers(0, 1000, entries),
+                                    np.array([0, entries])), shape=(1, 1000))
+    scores = scoring.Scores(candidates, {s: rng.random(entries, dtype=np.float32) for s in scoring.SIGNALS},
+                            np.zeros(entries, dtype=bool))
+    weights = dict(zip(scoring.SIGNALS, (0.5, 1.0, 0.0, 2.0, 0.25, 4.0, 0.1), strict=True))
+    tracemalloc.start()
+    try:
+        blended = scoring.blend(scores, weights)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.5 * blended.nbytes
+    expected = np.zeros(entries, dtype=np.float32)
+    for name, weight in weights.items():
+        if weight:
+            expected += np.float32(weight) * scores[name]
+    assert np.array_equal(blended, expected)
+
+
+def test_als_factors_placed_by_id_through_arrow(spark):
+    factors = spark.createDataFrame(
+        [(2, [float(v) for v in range(evaluate.ALS_RANK)]), (0, [1.0] * evaluate.ALS_RANK)],
+        "id int, features array<float>")
+    matrix = evaluate.factor_matrix(factors, 4)
+    assert matrix.dtype == np.float32 and matrix.shape == (4, evaluate.ALS_RANK)
+    assert matrix[2].tolist() == list(range(evaluate.ALS_RANK))
+    assert matrix[0].tolist() == [1.0] * evaluate.ALS_RANK
+    assert not matrix[[1, 3]].any()
 
 
 def test_neighbour_scores_by_hand():
