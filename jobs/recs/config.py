@@ -209,6 +209,10 @@ class RecommenderSettings:
     # "Neighbours": what a user's most similar customers bought, halved every this many days.
     neighbour_users: int = _setting(400, "RECS_NEIGHBOUR_USERS")
     neighbour_half_life_days: float = _setting(7.0, "RECS_NEIGHBOUR_HALF_LIFE_DAYS")
+    # ... of whose products each user keeps this many best, as the other signals keep
+    # their top neighbours per product: at a million products, 800 similar customers
+    # brought about 8,000 candidates per user, most of them to be ranked and never shown.
+    neighbour_products: int = _setting(500, "RECS_NEIGHBOUR_PRODUCTS")
     # Share of each list (the last slots) kept for products related to the user's own
     # history that the blend did not already pick: time signals favour what everybody
     # buys now; these slots keep lists personal and the catalog covered.
@@ -224,7 +228,7 @@ class RecommenderSettings:
                              f"got {self.exact_neighbours_max}")
         _check_positive(self, "neighbours_per_product", "recency_half_life_days", "max_history_for_pairs",
                         "trend_half_life_days", "ease_max_items", "next_window", "recent_items_for_next",
-                        "neighbour_users", "neighbour_half_life_days")
+                        "neighbour_users", "neighbour_half_life_days", "neighbour_products")
 
     @property
     def event_weights(self) -> dict[str, float]:

@@ -373,7 +373,7 @@ def ship_customers(events: DataFrame, index: ItemIndex, settings: RecommenderSet
     names = tuple(name for name in io.list_dir(events.sparkSession, path) if name.endswith(".parquet"))
     for name in names:
         events.sparkSession.sparkContext.addFile(f"{path}/{name}")
-    return {half_life: CustomerFile(names, f"weight_{i}", settings.neighbour_users)
+    return {half_life: CustomerFile(names, f"weight_{i}", settings.neighbour_users, settings.neighbour_products)
             for i, half_life in enumerate(half_lives)}
 
 
@@ -392,9 +392,19 @@ def candidate_scores(model: Model, history: pd.DataFrame, users: list[str], k: i
         scores = scoring.signal_scores(fitted, block, list(rows["user_id"]), k)
         return scoring.candidate_table(scores, rows["row"].to_numpy())
 
-    table = in_user_blocks(_sample_frame(spark, history, users), len(users), score, scoring.CANDIDATE_SCHEMA).toPandas()
+    table = in_user_blocks(_sample_frame(spark, history, users), len(users), score, scoring.CANDIDATE_SCHEMA,
+                           in_order_of="row")
+    columns = collected_columns(table)
     shared.unpersist()
-    return scoring.scores_from_table(table, len(users), len(model.index))
+    return scoring.scores_from_table(columns, len(users), len(model.index))
+
+
+def collected_columns(frame: DataFrame) -> dict[str, np.ndarray]:
+    """`frame` on the driver as a numpy array per column, through Arrow without pandas:
+    about twice the table at the peak, where `toPandas` and the copies a sort made held
+    more than three times it (~90 bytes per row of the candidate table, 8.5 GB at L)."""
+    table = frame.toArrow()
+    return {name: table.column(name).to_numpy() for name in table.column_names}
 
 
 def neighbour_grid(spark: SparkSession, index: ItemIndex, files: dict[float, CustomerFile], history: pd.DataFrame,
@@ -433,13 +443,20 @@ def neighbour_grid(spark: SparkSession, index: ItemIndex, files: dict[float, Cus
 
 
 def in_user_blocks(frame: DataFrame, users: int, function: Callable[[pd.DataFrame], pd.DataFrame], schema: str,
-                   users_per_block: int = scoring.USERS_PER_BLOCK) -> DataFrame:
+                   users_per_block: int = scoring.USERS_PER_BLOCK, in_order_of: str | None = None) -> DataFrame:
     """`function` applied to blocks of whole users of `frame` (pandas, all of a user's rows,
     at most `users_per_block` users), the `users` spread over at least as many tasks as
     Spark has cores. A grouping by a bucket column would not be: adaptive execution
     merges a small table's shuffle partitions into one task, and a sample of 1,300 users
-    was scored on one of two cores; an explicit number of partitions is kept."""
+    was scored on one of two cores; an explicit number of partitions is kept.
+    `in_order_of`: a column numbering the users; then the blocks, and the rows a
+    collection returns, come in its order (ranges of it per task, each sorted), so the
+    driver need not sort what it collects."""
     tasks = max(frame.sparkSession.sparkContext.defaultParallelism, -(-users // users_per_block))
+    if in_order_of is None:
+        frame = frame.repartition(tasks, "user_id")
+    else:
+        frame = frame.repartitionByRange(tasks, in_order_of).sortWithinPartitions(in_order_of)
 
     def blocks(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         batches = [batch for batch in batches if len(batch)]
@@ -450,7 +467,7 @@ def in_user_blocks(frame: DataFrame, users: int, function: Callable[[pd.DataFram
         for _, block in part.groupby(block_of, sort=False):
             yield function(block.reset_index(drop=True))
 
-    return frame.repartition(tasks, "user_id").mapInPandas(blocks, schema)
+    return frame.mapInPandas(blocks, schema)
 
 
 def _sample_frame(spark: SparkSession, history: pd.DataFrame, users: list[str]) -> DataFrame:

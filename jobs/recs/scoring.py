@@ -163,6 +163,7 @@ class Customers:
     finders: sparse.csr_matrix
     recent: sparse.csr_matrix  # customers x products, event weights halved with age
     neighbours: int  # similar customers consulted per user
+    products: int | None = None  # the best products of theirs each user keeps (None: all)
 
     @functools.cached_property
     def finders_by_product(self) -> sparse.csr_matrix:
@@ -180,6 +181,7 @@ class CustomerFile:
     parts: tuple[str, ...]  # the files' names for SparkFiles.get
     weight: str  # the column of the chosen half-life
     neighbours: int
+    products: int | None = None
 
 
 @dataclass
@@ -271,12 +273,14 @@ def nearest_customers(customers: Customers, users: list[str], neighbours: int) -
 def neighbour_scores(customers: Customers | None, users: list[str], products: int,
                      nearest: sparse.csr_matrix | None = None) -> sparse.csr_matrix:
     """users x products: the recent purchases of each user's most similar customers,
-    each weighted by its cosine similarity to the user (`nearest`, when already known)."""
+    each weighted by its cosine similarity to the user (`nearest`, when already known),
+    the user's best `customers.products` of them."""
     if customers is None:
         return sparse.csr_matrix((len(users), products))
     if nearest is None:
         nearest = nearest_customers(customers, users, customers.neighbours)
-    return (nearest @ customers.recent).tocsr()
+    scores = (nearest @ customers.recent).tocsr()
+    return scores if customers.products is None else top_per_row(scores, customers.products, drop_diagonal=False)
 
 
 # A user is scored on candidates only, never on the whole catalog: the products an
@@ -324,16 +328,28 @@ def candidate_table(scores: Scores, rows: np.ndarray) -> pd.DataFrame:
     })
 
 
-def scores_from_table(table: pd.DataFrame, users: int, products: int) -> Scores:
-    """`Scores` of `users` users from `candidate_table` rows in any order."""
-    rows = table["row"].to_numpy(dtype=np.int64)
-    cols = table["position"].to_numpy(dtype=np.int64)
-    order = np.lexsort((cols, rows))
+def scores_from_table(table, users: int, products: int) -> Scores:
+    """`Scores` of `users` users from `candidate_table` columns (a mapping of column to
+    array). Rows already in (row, position) order, as Spark delivers them, are used as
+    they are, without a copy; others are sorted first."""
+    rows = np.asarray(table["row"])
+    cols = np.asarray(table["position"])
     indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=users))])
-    candidates = sparse.csr_matrix((np.ones(len(order), dtype=np.int8), cols[order], indptr),
+    order = None if _row_major(rows, cols) else np.lexsort((cols, rows))
+
+    def column(name: str, dtype) -> np.ndarray:
+        values = np.asarray(table[name], dtype=dtype)
+        return values if order is None else values[order]
+
+    candidates = sparse.csr_matrix((np.ones(len(rows), dtype=np.int8), column("position", np.int32), indptr),
                                    shape=(users, products))
-    return Scores(candidates, {name: table[name].to_numpy(dtype=np.float32)[order] for name in SIGNALS},
-                  table["excluded"].to_numpy(dtype=bool)[order])
+    return Scores(candidates, {name: column(name, np.float32) for name in SIGNALS}, column("excluded", bool))
+
+
+def _row_major(rows: np.ndarray, cols: np.ndarray) -> bool:
+    """Whether (rows, cols) pairs are in strictly increasing row-major order."""
+    same_row = rows[1:] == rows[:-1]
+    return bool(np.all(rows[1:] >= rows[:-1]) and np.all(cols[1:][same_row] > cols[:-1][same_row]))
 
 
 def values_at(matrix: sparse.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -718,10 +734,12 @@ def customers_by_weight(rows: pd.DataFrame, products: int, weights: list[str], n
         (rows[weight].to_numpy(dtype=np.float64), (codes, cols)), shape=shape)) for weight in weights}
 
 
-def customers_from_pairs(recent: pd.DataFrame, index: ItemIndex, neighbours: int) -> Customers:
+def customers_from_pairs(recent: pd.DataFrame, index: ItemIndex, neighbours: int, products: int | None = None
+                         ) -> Customers:
     """`Customers` from (user_id, product_id, weight) rows, every customer findable."""
     rows = recent.assign(position=index.positions(recent["product_id"]), finder=True)
-    return customers_by_weight(rows[rows["position"] >= 0], len(index), ["weight"], neighbours)["weight"]
+    customers = customers_by_weight(rows[rows["position"] >= 0], len(index), ["weight"], neighbours)["weight"]
+    return dataclasses.replace(customers, products=products)
 
 
 @functools.lru_cache(maxsize=2)
@@ -740,7 +758,7 @@ def with_customers(model: Model, locate) -> Model:
     if model.customers is None and model.customer_file is not None:
         file = model.customer_file
         customers = read_customers(tuple(locate(name) for name in file.parts), len(model.index))[file.weight]
-        model.customers = dataclasses.replace(customers, neighbours=file.neighbours)
+        model.customers = dataclasses.replace(customers, neighbours=file.neighbours, products=file.products)
     return model
 
 

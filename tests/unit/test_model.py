@@ -253,6 +253,11 @@ def test_in_user_blocks_keeps_users_whole_and_spreads_a_small_table_over_the_cor
         assert sorted(got["user_id"]) == sorted(set(rows["user_id"]))  # every user in one block
         assert (got["rows"] == 3 * got["users"]).all()  # with all their rows
     assert blocks["users"].max() <= 40 and blocks["task"].nunique() == 8  # 300 users / 40 a block
+    # Numbered users come back in their order, for the driver not to sort what it collects.
+    numbered = spark.createDataFrame(rows.assign(row=rows["user_id"].str[1:].astype(np.int32)))
+    in_order = model.in_user_blocks(numbered, 300, lambda block: block[["row"]], "row int", users_per_block=40,
+                                    in_order_of="row").toPandas()
+    assert in_order["row"].is_monotonic_increasing and in_order["row"].nunique() == 300
 
 
 def test_top_entries_of_a_row_do_not_depend_on_the_rows_it_is_padded_with():
@@ -349,6 +354,44 @@ def test_neighbour_scores_keep_only_the_nearest_customers():
     two = scoring.neighbour_scores(scoring.customers_from_pairs(recent, index, 2), ["me"], 6).toarray()[0]
     assert one[2] > 0 and not one[3:].any()  # only "close" counts
     assert two[3:].all()  # "far" too
+
+
+def test_neighbour_scores_keep_each_users_best_products():
+    # 800 similar customers brought ~8,000 candidates per user at a million products.
+    rng = np.random.default_rng(4)
+    recent = pd.DataFrame({"user_id": [f"c{rng.integers(40)}" for _ in range(600)],
+                           "product_id": [f"p{rng.integers(200):03d}" for _ in range(600)], "weight": 1.0})
+    recent = recent.drop_duplicates(["user_id", "product_id"])
+    index = scoring.ItemIndex(np.array(sorted(recent["product_id"].unique())))
+    users = [f"c{i}" for i in range(40)]
+    every = scoring.neighbour_scores(scoring.customers_from_pairs(recent, index, 10), users, len(index)).toarray()
+    kept = scoring.neighbour_scores(scoring.customers_from_pairs(recent, index, 10, products=5), users,
+                                    len(index)).toarray()
+    assert ((every > 0).sum(axis=1) > 5).all()
+    assert ((kept > 0).sum(axis=1) == 5).all()
+    for user in range(len(users)):  # the best five, with their scores
+        chosen = kept[user] > 0
+        np.testing.assert_allclose(kept[user][chosen], every[user][chosen], rtol=1e-6)
+        assert every[user][~chosen].max() <= every[user][chosen].min()
+
+
+def test_scores_from_a_table_in_row_order_use_its_columns_without_a_copy():
+    rng = np.random.default_rng(8)
+    rows = np.repeat(np.arange(50), rng.integers(0, 30, 50))
+    positions = np.concatenate([np.sort(rng.choice(100, n, replace=False)) for n in np.bincount(rows, minlength=50)])
+    table = {"row": rows.astype(np.int32), "position": positions.astype(np.int32),
+             "excluded": rng.random(len(rows)) < 0.1,
+             **{name: rng.random(len(rows)).astype(np.float32) for name in scoring.SIGNALS}}
+    in_order = scoring.scores_from_table(table, 50, 100)
+    for name in scoring.SIGNALS:
+        assert np.shares_memory(in_order[name], table[name])  # no copy of tens of millions of entries
+    shuffled = rng.permutation(len(rows))
+    anyhow = scoring.scores_from_table({name: values[shuffled] for name, values in table.items()}, 50, 100)
+    np.testing.assert_array_equal(anyhow.candidates.indptr, in_order.candidates.indptr)
+    np.testing.assert_array_equal(anyhow.positions, positions)
+    for name in scoring.SIGNALS:
+        np.testing.assert_array_equal(anyhow[name], table[name])
+    np.testing.assert_array_equal(anyhow.excluded, table["excluded"])
 
 
 def test_nearest_customers_through_the_finders_equal_the_exact_cosine_when_all_are_finders():
@@ -515,7 +558,7 @@ def test_candidate_scores_from_the_tasks_equal_the_driver_scores(spark, tmp_path
     rows = [(f"u{rng.integers(60)}", f"p{rng.integers(40):02d}", str(rng.choice(["view", "purchase"])), 1,
              start + timedelta(days=int(rng.integers(90)))) for _ in range(900)]
     events = spark.createDataFrame(events_frame(rows))
-    settings = RecsConfig.from_settings(dict(neighbour_users=5, k_min=2)).recommender
+    settings = RecsConfig.from_settings(dict(neighbour_users=5, neighbour_products=4, k_min=2)).recommender
     index = scoring.ItemIndex(np.array(sorted({row[1] for row in rows})))
     clusters = pd.DataFrame({"product_id": index.ids, "cluster": np.arange(len(index)) % 4})
     content = sparse.csr_matrix((len(index), len(index)), dtype=np.float32)
@@ -532,6 +575,10 @@ def test_candidate_scores_from_the_tasks_equal_the_driver_scores(spark, tmp_path
         np.testing.assert_allclose(from_tasks[name], local[name], rtol=1e-6, err_msg=name)
     np.testing.assert_array_equal(from_tasks.excluded, local.excluded)
     assert from_tasks["neighbours"].any()
+    # The tasks keep each user's four best products of the similar customers'.
+    chosen = from_tasks.candidates.copy()
+    chosen.data = (from_tasks["neighbours"] > 0).astype(np.int8)
+    assert chosen.sum(axis=1).max() == 4
 
 
 def test_eval_set_draws_its_sample_of_users_in_spark(spark):
