@@ -395,7 +395,7 @@ def candidate_scores(model: Model, history: pd.DataFrame, users: list[str], k: i
     table = in_user_blocks(_sample_frame(spark, history, users), len(users), score, scoring.CANDIDATE_SCHEMA,
                            in_order_of="row")
     columns = collected_columns(table)
-    shared.unpersist()
+    shared.destroy()  # the driver's copy too (a model of a million products: gigabytes of the JVM's heap)
     return scoring.scores_from_table(columns, len(users), len(model.index))
 
 
@@ -433,7 +433,7 @@ def neighbour_grid(spark: SparkSession, index: ItemIndex, files: dict[float, Cus
 
     table = in_user_blocks(_sample_frame(spark, history, users), len(users), tops,
                            "row int, half_life double, size int, slot int, position int").toPandas()
-    shared.unpersist()
+    shared.destroy()
     result = {}
     for (half_life, size), part in table.groupby(["half_life", "size"]):
         top = np.full((len(users), k), -1, dtype=np.int64)

@@ -581,6 +581,28 @@ def test_candidate_scores_from_the_tasks_equal_the_driver_scores(spark, tmp_path
     assert chosen.sum(axis=1).max() == 4
 
 
+def test_candidate_scores_leave_no_copy_of_the_model_in_the_driver(spark, tmp_path, monkeypatch):
+    """A broadcast only unpersisted keeps its driver copy in the JVM heap: at a million
+    products each model is gigabytes, and the evaluate step broadcasts five of them."""
+    created = []
+    broadcast = spark.sparkContext.broadcast
+    monkeypatch.setattr(spark.sparkContext, "broadcast", lambda value: created.append(broadcast(value)) or created[-1])
+    rows = [(f"u{u}", f"p{(u * 7 + i) % 30:02d}", "purchase", 1, datetime(2026, 1, 1) + timedelta(days=i))
+            for u in range(40) for i in range(4)]
+    events = spark.createDataFrame(events_frame(rows))
+    settings = RecsConfig.from_settings(dict(neighbour_users=5, k_min=2)).recommender
+    index = scoring.ItemIndex(np.array(sorted({row[1] for row in rows})))
+    clusters = pd.DataFrame({"product_id": index.ids, "cluster": np.arange(len(index)) % 3})
+    fitted = model.fit_model(events, index, sparse.csr_matrix((len(index), len(index)), dtype=np.float32),
+                             clusters, settings, str(tmp_path))
+    history = model.scoring_history(model.user_item_weights(events, settings)).toPandas()
+    users = sorted(history["user_id"].unique())
+    model.candidate_scores(fitted, history, users, 5, spark)
+    model.neighbour_grid(spark, index, {7.0: fitted.customer_file}, history, users, [2, 5], 5)
+    assert len(created) == 2
+    assert not any(shared._jbroadcast.isValid() for shared in created)
+
+
 def test_eval_set_draws_its_sample_of_users_in_spark(spark):
     start = datetime(2026, 1, 1)
     rows = []
