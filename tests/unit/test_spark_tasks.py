@@ -43,6 +43,8 @@ def test_local_runs_get_the_heap_on_the_spark_submit_command(monkeypatch):
                              RECS_DRIVER_MAX_RESULT_SIZE="")
     assert command[command.index("--driver-memory") + 1] == "5g"
     assert "spark.driver.maxResultSize=2560m" in command
+    # Tasks share the driver's heap with what it collects: Spark's pages get less of it.
+    assert "spark.memory.fraction=0.4" in command
     # An out-of-memory driver ends the step instead of leaving it waiting for results.
     java_options = next(arg for arg in command if arg.startswith("spark.driver.extraJavaOptions="))
     assert "-XX:+ExitOnOutOfMemoryError" in java_options.split("=", 1)[1].split()
@@ -64,7 +66,7 @@ def test_cluster_runs_keep_the_cluster_settings(monkeypatch):
     command = submit_command(monkeypatch, {"conn_type": "spark", "host": "spark://127.0.0.1", "port": 7077},
                              RECS_DRIVER_MEMORY="5g")
     assert "--driver-memory" not in command
-    assert not any("maxResultSize" in arg or "extraJavaOptions" in arg for arg in command)
+    assert not any("maxResultSize" in arg or "extraJavaOptions" in arg or "memory.fraction" in arg for arg in command)
 
 
 def test_local_runs_map_the_class_archive_when_built(monkeypatch, tmp_path):
