@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -163,7 +164,7 @@ class Customers:
     finders: sparse.csr_matrix
     recent: sparse.csr_matrix  # customers x products, event weights halved with age
     neighbours: int  # similar customers consulted per user
-    products: int | None = None  # the best products of theirs each user keeps (None: all)
+    products_kept: int | None = None  # each user's best products of theirs kept (None: all)
 
     @functools.cached_property
     def finders_by_product(self) -> sparse.csr_matrix:
@@ -181,7 +182,7 @@ class CustomerFile:
     parts: tuple[str, ...]  # the files' names for SparkFiles.get
     weight: str  # the column of the chosen half-life
     neighbours: int
-    products: int | None = None
+    products_kept: int | None = None
 
 
 @dataclass
@@ -274,13 +275,14 @@ def neighbour_scores(customers: Customers | None, users: list[str], products: in
                      nearest: sparse.csr_matrix | None = None) -> sparse.csr_matrix:
     """users x products: the recent purchases of each user's most similar customers,
     each weighted by its cosine similarity to the user (`nearest`, when already known),
-    the user's best `customers.products` of them."""
+    the user's best `customers.products_kept` of them."""
     if customers is None:
         return sparse.csr_matrix((len(users), products))
     if nearest is None:
         nearest = nearest_customers(customers, users, customers.neighbours)
     scores = (nearest @ customers.recent).tocsr()
-    return scores if customers.products is None else top_per_row(scores, customers.products, drop_diagonal=False)
+    return (scores if customers.products_kept is None
+            else top_per_row(scores, customers.products_kept, drop_diagonal=False))
 
 
 # A user is scored on candidates only, never on the whole catalog: the products an
@@ -328,7 +330,7 @@ def candidate_table(scores: Scores, rows: np.ndarray) -> pd.DataFrame:
     })
 
 
-def scores_from_table(table, users: int, products: int) -> Scores:
+def scores_from_table(table: Mapping[str, np.ndarray], users: int, products: int) -> Scores:
     """`Scores` of `users` users from `candidate_table` columns (a mapping of column to
     array). Rows already in (row, position) order, as Spark delivers them, are used as
     they are, without a copy; others are sorted first."""
@@ -734,12 +736,12 @@ def customers_by_weight(rows: pd.DataFrame, products: int, weights: list[str], n
         (rows[weight].to_numpy(dtype=np.float64), (codes, cols)), shape=shape)) for weight in weights}
 
 
-def customers_from_pairs(recent: pd.DataFrame, index: ItemIndex, neighbours: int, products: int | None = None
+def customers_from_pairs(recent: pd.DataFrame, index: ItemIndex, neighbours: int, products_kept: int | None = None
                          ) -> Customers:
     """`Customers` from (user_id, product_id, weight) rows, every customer findable."""
     rows = recent.assign(position=index.positions(recent["product_id"]), finder=True)
     customers = customers_by_weight(rows[rows["position"] >= 0], len(index), ["weight"], neighbours)["weight"]
-    return dataclasses.replace(customers, products=products)
+    return dataclasses.replace(customers, products_kept=products_kept)
 
 
 @functools.lru_cache(maxsize=2)
@@ -758,7 +760,7 @@ def with_customers(model: Model, locate) -> Model:
     if model.customers is None and model.customer_file is not None:
         file = model.customer_file
         customers = read_customers(tuple(locate(name) for name in file.parts), len(model.index))[file.weight]
-        model.customers = dataclasses.replace(customers, neighbours=file.neighbours, products=file.products)
+        model.customers = dataclasses.replace(customers, neighbours=file.neighbours, products_kept=file.products_kept)
     return model
 
 

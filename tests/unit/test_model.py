@@ -365,7 +365,7 @@ def test_neighbour_scores_keep_each_users_best_products():
     index = scoring.ItemIndex(np.array(sorted(recent["product_id"].unique())))
     users = [f"c{i}" for i in range(40)]
     every = scoring.neighbour_scores(scoring.customers_from_pairs(recent, index, 10), users, len(index)).toarray()
-    kept = scoring.neighbour_scores(scoring.customers_from_pairs(recent, index, 10, products=5), users,
+    kept = scoring.neighbour_scores(scoring.customers_from_pairs(recent, index, 10, products_kept=5), users,
                                     len(index)).toarray()
     assert ((every > 0).sum(axis=1) > 5).all()
     assert ((kept > 0).sum(axis=1) == 5).all()
