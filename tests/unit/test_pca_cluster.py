@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recs.cluster import MAX_CANDIDATES, assign_clusters, candidate_ks, choose_k, kmeans_pipeline
+from recs.cluster import (
+    MAX_CANDIDATES,
+    assign_clusters,
+    candidate_ks,
+    choose_k,
+    kmeans_pipeline,
+    sample_points,
+    silhouette,
+)
 from recs.pca import effective_dimensions, explained_variance, fit_pca, project
 
 
@@ -113,11 +121,23 @@ def blob_points(spark):
 
 
 def test_choose_k_finds_three_blobs(blob_points):
-    model, curve = choose_k(blob_points, [2, 3, 4], seed=42)
-    assert model.stages[-1].getK() == 3  # the chosen model, fitted once
+    points = sample_points(blob_points, 15, 1000, seed=42)
+    k, curve = choose_k(points, [2, 3, 4], seed=42)
+    assert k == 3
     assert sorted(curve) == [2, 3, 4]
     assert curve[3] > 0.9  # tight, far apart blobs
     assert curve[3] > max(curve[2], curve[4])
+    # The silhouette the search compares is the one Spark reports for the kept model.
+    assert curve[3] == pytest.approx(silhouette(kmeans_pipeline(3, seed=42).fit(blob_points), blob_points), abs=1e-9)
+
+
+def test_k_is_chosen_on_a_bounded_sample_in_id_order(blob_points):
+    every = sample_points(blob_points, 15, 1000, seed=42)
+    assert every.shape == (15, 2)
+    assert every[0].tolist() == [0.0, 0.0] and every[5].tolist() == [10.0, 0.0]  # a0 ... a4, b0 ...
+    some = sample_points(blob_points, 15, 6, seed=42)
+    assert 0 < len(some) < 15  # a seeded share of about 6 of the 15
+    assert np.array_equal(some, sample_points(blob_points.repartition(3), 15, 6, seed=42))
 
 
 def test_assign_clusters(blob_points):
