@@ -13,6 +13,7 @@ from recs.cluster import (
     kmeans_pipeline,
     sample_points,
     silhouette,
+    squared_silhouette,
 )
 from recs.pca import effective_dimensions, explained_variance, fit_pca, project
 
@@ -129,6 +130,19 @@ def test_choose_k_finds_three_blobs(blob_points):
     assert curve[3] > max(curve[2], curve[4])
     # The silhouette the search compares is the one Spark reports for the kept model.
     assert curve[3] == pytest.approx(silhouette(kmeans_pipeline(3, seed=42).fit(blob_points), blob_points), abs=1e-9)
+
+
+@pytest.mark.parametrize("clusters", [2, 5, 12])
+def test_the_silhouette_from_cluster_sums_is_the_pairwise_one(clusters):
+    from sklearn.metrics import silhouette_score
+
+    rng = np.random.default_rng(clusters)
+    points = rng.normal(size=(300, 4))
+    labels = rng.integers(0, clusters, size=300)
+    labels[0] = clusters  # a cluster of one point scores 0
+    expected = silhouette_score(points, labels, metric="sqeuclidean")
+    assert squared_silhouette(points, labels) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert squared_silhouette(points, np.zeros(300, dtype=int)) == 0.0  # one cluster: no silhouette
 
 
 def test_k_is_chosen_on_a_bounded_sample_in_id_order(blob_points):
