@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 # well, and the search stays bounded whatever the catalog.
 K_SAMPLE = 10_000
 MAX_CANDIDATES = 10
-SAMPLE_BUCKETS = 1_000_000
 
 
 def candidate_ks(k_min: int, k_max: int, products: int) -> list[int]:
@@ -91,13 +90,13 @@ def squared_silhouette(points: np.ndarray, labels: np.ndarray) -> float:
     return float(np.where(sizes[labels] > 1, scores, 0.0).mean())
 
 
-def sample_points(points: DataFrame, products: int, size: int, seed: int) -> np.ndarray:
-    """About `size` of the `products` `points`' PCA coordinates, in product id order. A
-    product is in the sample by a seeded hash of its id: the same sample whatever order
-    and partitions the table arrives in."""
-    share = min(1.0, size / max(products, 1))
-    bucket = F.pmod(F.xxhash64("product_id", F.lit(seed)), F.lit(SAMPLE_BUCKETS))
-    rows = points.where(bucket < share * SAMPLE_BUCKETS).select("product_id", "pca").orderBy("product_id").toPandas()
+def sample_points(points: DataFrame, size: int, seed: int) -> np.ndarray:
+    """At most `size` of `points`' PCA coordinates, in product id order: the products with
+    the smallest seeded hash of their id (as `recs.splits.sampled_users` draws customers),
+    so the same sample whatever order and partitions the table arrives in."""
+    draw = F.xxhash64("product_id", F.lit(int(seed)))
+    rows = points.orderBy(draw, "product_id").limit(int(size)).select("product_id", "pca").toPandas()
+    rows = rows.sort_values("product_id", kind="stable")
     return np.stack(rows["pca"].to_numpy()) if len(rows) else np.zeros((0, 0))
 
 
@@ -117,7 +116,7 @@ def run(spark: SparkSession, config: RecsConfig, paths: RunPaths) -> dict:
         log.info("k fixed at %d", k)
     else:
         ks = candidate_ks(config.clustering.k_min, config.clustering.k_max, products)
-        sample = sample_points(points, products, K_SAMPLE, config.runtime.seed)
+        sample = sample_points(points, K_SAMPLE, config.runtime.seed)
         k, curve = choose_k(sample, ks, config.runtime.seed)
         log.info("silhouette by k (a sample of %d products): %s; chose k=%d", len(sample),
                  {k: round(s, 4) for k, s in curve.items()}, k)

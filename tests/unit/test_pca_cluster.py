@@ -122,7 +122,7 @@ def blob_points(spark):
 
 
 def test_choose_k_finds_three_blobs(blob_points):
-    points = sample_points(blob_points, 15, 1000, seed=42)
+    points = sample_points(blob_points, 1000, seed=42)
     k, curve = choose_k(points, [2, 3, 4], seed=42)
     assert k == 3
     assert sorted(curve) == [2, 3, 4]
@@ -146,12 +146,12 @@ def test_the_silhouette_from_cluster_sums_is_the_pairwise_one(clusters):
 
 
 def test_k_is_chosen_on_a_bounded_sample_in_id_order(blob_points):
-    every = sample_points(blob_points, 15, 1000, seed=42)
+    every = sample_points(blob_points, 1000, seed=42)
     assert every.shape == (15, 2)
     assert every[0].tolist() == [0.0, 0.0] and every[5].tolist() == [10.0, 0.0]  # a0 ... a4, b0 ...
-    some = sample_points(blob_points, 15, 6, seed=42)
-    assert 0 < len(some) < 15  # a seeded share of about 6 of the 15
-    assert np.array_equal(some, sample_points(blob_points.repartition(3), 15, 6, seed=42))
+    some = sample_points(blob_points, 6, seed=42)
+    assert some.shape == (6, 2)
+    assert np.array_equal(some, sample_points(blob_points.repartition(3), 6, seed=42))
 
 
 def test_assign_clusters(blob_points):
