@@ -17,7 +17,7 @@ from sklearn.cluster import KMeans as SkKMeans
 from recs import io
 from recs.config import RecsConfig
 from recs.io import RunPaths, write_table
-from recs.ordering import fixed_order
+from recs.ordering import fixed_order, seeded_sample
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +92,9 @@ def squared_silhouette(points: np.ndarray, labels: np.ndarray) -> float:
 
 def sample_points(points: DataFrame, size: int, seed: int) -> np.ndarray:
     """At most `size` of `points`' PCA coordinates, in product id order: the products with
-    the smallest seeded hash of their id (as `recs.splits.sampled_users` draws customers),
+    the smallest seeded hash of their id (`recs.ordering.seeded_sample`, as the evaluation draws customers),
     so the same sample whatever order and partitions the table arrives in."""
-    draw = F.xxhash64("product_id", F.lit(int(seed)))
-    rows = points.orderBy(draw, "product_id").limit(int(size)).select("product_id", "pca").toPandas()
+    rows = seeded_sample(points.select("product_id", "pca"), "product_id", size, seed).toPandas()
     rows = rows.sort_values("product_id", kind="stable")
     return np.stack(rows["pca"].to_numpy()) if len(rows) else np.zeros((0, 0))
 

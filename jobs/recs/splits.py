@@ -23,6 +23,7 @@ from recs import io, scoring
 from recs import model as recommender
 from recs.config import RecommenderSettings, RecsConfig
 from recs.io import RunPaths
+from recs.ordering import seeded_sample
 from recs.scoring import ItemIndex
 
 TIME_SPLIT, LEAVE_LAST_OUT = "time_split", "leave_last_out"
@@ -95,9 +96,7 @@ def sampled_users(relevant: DataFrame, limit: int, seed: int) -> list[str]:
     """All users of `relevant` (sorted) when there are at most `limit`, else a seeded
     sample of `limit` of them, drawn in Spark (the users with the smallest seeded hash):
     the same users for the same input and seed, and only `limit` ids reach the driver."""
-    users = relevant.select("user_id").distinct()
-    draw = F.xxhash64("user_id", F.lit(int(seed)))
-    chosen = users.orderBy(draw, "user_id").limit(int(limit)).toPandas()["user_id"]
+    chosen = seeded_sample(relevant.select("user_id").distinct(), "user_id", limit, seed).toPandas()["user_id"]
     return sorted(chosen)
 
 
