@@ -109,8 +109,17 @@ def scoring_histories(train: DataFrame, users: list[str], settings: RecommenderS
                       half_life_days: float | None = None) -> pd.DataFrame:
     """What scoring reads of `users` in `train` (`recs.model.scoring_history`), their
     interest halved every `half_life_days` (the configured recency half-life when None)."""
+    return sampled_history(train, users, settings, half_life_days).toPandas()
+
+
+def sampled_history(train: DataFrame, users: list[str], settings: RecommenderSettings,
+                    half_life_days: float | None = None) -> DataFrame:
+    """`scoring_histories` as a Spark table. The users are a semi-join, which Spark moves
+    below the aggregation (an inner join stays above it): only the sample's events are
+    aggregated, their ages still counted from the newest event of all of `train`."""
     user_items = recommender.user_item_weights(train, settings, half_life_days)
-    return recommender.scoring_history(user_items.join(_users_frame(train.sparkSession, users), "user_id")).toPandas()
+    return recommender.scoring_history(user_items).join(_users_frame(train.sparkSession, users), "user_id",
+                                                        "left_semi")
 
 
 def eval_set(split: Split, index: ItemIndex, config: RecsConfig) -> EvalSet:

@@ -17,7 +17,7 @@ from scipy import sparse
 
 from recs import evaluate, model, scoring, tuning
 from recs.config import RecsConfig
-from recs.splits import eval_set, time_split
+from recs.splits import eval_set, sampled_history, time_split
 
 
 def test_scoring_imports_without_pyspark():
@@ -636,3 +636,20 @@ def test_a_signal_weighed_zero_can_be_left_out_of_the_candidates(seed):
         # (With discovery slots they can differ; cluster-only has none.)
         np.testing.assert_allclose(scoring.ranked(with_them, weights, 5, share)[1],
                                    scoring.ranked(without, weights, 5, share)[1], rtol=1e-6)
+
+
+def test_sampled_histories_aggregate_only_the_samples_events_aged_from_the_newest_of_all(spark):
+    start = datetime(2026, 1, 1)
+    rows = [(f"u{u}", f"p{(u + d) % 5}", "purchase", 1, start + timedelta(days=d * 3 + u)) for u in range(8)
+            for d in range(4)]
+    events = spark.createDataFrame(events_frame(rows))
+    settings = RecsConfig.from_settings({}).recommender
+    chosen = ["u1", "u4"]  # u7 holds the newest event: the ages still count from it
+    sampled = sampled_history(events, chosen, settings)
+    whole = model.scoring_history(model.user_item_weights(events, settings)).toPandas()
+    expected = whole[whole["user_id"].isin(chosen)].sort_values(["user_id", "product_id"]).reset_index(drop=True)
+    got = sampled.toPandas().sort_values(["user_id", "product_id"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, expected)
+    # The sample is taken before the aggregation: the plan prints the semi-join below it.
+    plan = sampled._jdf.queryExecution().optimizedPlan().toString()
+    assert plan.index("Aggregate") < plan.index("LeftSemi"), plan
