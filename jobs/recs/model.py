@@ -33,6 +33,7 @@ from recs.scoring import (
     Scores,
     cluster_positions,
     ease_edges,
+    from_upper_triangle,
     positions_to_matrix,
     row_normalised,
 )
@@ -148,9 +149,12 @@ def covisit_edges(history: DataFrame, keep: int, pairs: DataFrame | None = None,
 
 def ease_counts(history: DataFrame, max_items: int, pairs: DataFrame | None = None,
                 users: DataFrame | None = None) -> DataFrame:
-    """(product_id, neighbour_id, both), diagonal included, among the `max_items`
-    products with the most users (ties: the smaller id): all EASE^R needs, bounded by
-    max_items squared whatever the catalog. The same pair counts as the co-visitation's."""
+    """(product_id, neighbour_id, both) for product_id <= neighbour_id, among the
+    `max_items` products with the most users (ties: the smaller id): all EASE^R needs,
+    bounded by max_items squared whatever the catalog. The same pair counts as the
+    co-visitation's, one triangle of the symmetric matrix and its diagonal: half the rows
+    of both orders to collect (Online Retail: 2.1M instead of 4.1M), the driver mirrors them
+    (`recs.scoring.from_upper_triangle`)."""
     users = users if users is not None else product_users(history)
     pairs = pairs if pairs is not None else unordered_pair_counts(history)
     order = Window.orderBy(F.col("users").desc(), F.col("product_id"))
@@ -159,7 +163,7 @@ def ease_counts(history: DataFrame, max_items: int, pairs: DataFrame | None = No
     theirs = popular.select(F.col("product_id").alias("neighbour_id"))
     among = pairs.join(F.broadcast(mine), "product_id").join(F.broadcast(theirs), "neighbour_id")
     diagonal = popular.select("product_id", F.col("product_id").alias("neighbour_id"), F.col("users").alias("both"))
-    return mirrored(among.select("product_id", "neighbour_id", "both")).unionByName(diagonal)
+    return among.select("product_id", "neighbour_id", "both").unionByName(diagonal)
 
 
 def transition_counts(events: DataFrame, window: int) -> DataFrame:
@@ -328,13 +332,14 @@ def _counts_key(events: DataFrame, index: ItemIndex, settings: RecommenderSettin
     row_hash = F.xxhash64("user_id", "product_id", "event_type", "ts").cast("decimal(38,0)")
     rows, hashes = events.agg(F.count("*"), F.sum(row_hash)).first()
     catalog = hashlib.sha256("\n".join(map(str, index.ids)).encode()).hexdigest()
-    return {"events": int(rows), "events_hash": str(hashes), "catalog": catalog,
+    return {"events": int(rows), "events_hash": str(hashes), "catalog": catalog, "ease": "upper triangle",
             **{name: getattr(settings, name) for name in
                ("neighbours_per_product", "max_history_for_pairs", "next_window", "ease_max_items")}}
 
 
 def _collect_counts(tables: dict[str, DataFrame], size: int) -> Counts:
-    return Counts(**{name: positions_to_matrix(tables[name].toPandas(), size, "value") for name in COUNTS})
+    counts = {name: positions_to_matrix(tables[name].toPandas(), size, "value") for name in COUNTS}
+    return Counts(**{**counts, "ease": from_upper_triangle(counts["ease"])})
 
 
 # --- Similar customers: counted in Spark, read by the tasks ----------------------

@@ -717,6 +717,11 @@ def positions_to_matrix(pairs: pd.DataFrame, size: int, value: str) -> sparse.cs
         shape=(size, size))
 
 
+def from_upper_triangle(upper: sparse.csr_matrix) -> sparse.csr_matrix:
+    """The symmetric matrix whose upper triangle and diagonal `upper` holds."""
+    return (upper + sparse.triu(upper, 1).T).tocsr()
+
+
 def customers_by_weight(rows: pd.DataFrame, products: int, weights: list[str], neighbours: int
                         ) -> dict[str, Customers]:
     """`Customers` for each weight column of (user_id, position, finder, *weights) rows
