@@ -30,7 +30,7 @@ from recs.io import RunPaths, write_table
 from recs.metrics import best_baseline, metrics_at_k
 from recs.ordering import fixed_order
 from recs.scoring import ItemIndex, Model
-from recs.splits import EVALUATION_TRAIN, EvalSet, binary_history, eval_set, make_split, protocol_for, scoring_histories
+from recs.splits import EVALUATION_TRAIN, EvalSet, binary_history, eval_set, make_split, protocol_for
 from recs.tuning import tune, tune_time_settings
 
 log = logging.getLogger(__name__)
@@ -194,10 +194,7 @@ def evaluate_methods(
     ours, half_life, validation_customers = settings.settings, settings.trend_half_life_days, settings.customers
     # Without time (below): no recency decay in histories, no "bought next", no similar
     # customers' recent buys, no trending.
-    flat = 1e9
-    flat_validation_history, flat_test_history = concurrently(
-        lambda part: scoring_histories(*part, config.recommender, flat),
-        [(inner.train, validation.users), (split.train, test.users)])
+    flat_validation_history, flat_test_history = validation.undecayed_history(), test.undecayed_history()
     # Ours and its two ablations, each tuned on validation ("published" and "without_text"
     # on the same candidates). One fitted model and one candidate table at a time: a table
     # is users x candidates (at 10,000 users of a 1M-product shop with 800 similar

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -59,15 +60,22 @@ def _with_age(events: DataFrame, settings: RecommenderSettings) -> tuple[DataFra
     return events.crossJoin(F.broadcast(newest)).withColumn("age_days", age_days), type_weight
 
 
+# The same pair's weight without the recency decay (a half-life of infinity: every event
+# counts its type weight), for what scores a history without time.
+UNDECAYED_WEIGHT = "undecayed_weight"
+
+
 def user_item_weights(
-    events: DataFrame, settings: RecommenderSettings, half_life_days: float | None = None
+    events: DataFrame, settings: RecommenderSettings, half_life_days: float | None = None, undecayed: bool = False
 ) -> DataFrame:
-    """(user_id, product_id, weight, purchased, last_ts, strongest_event) per pair.
+    """(user_id, product_id, weight, purchased, last_ts, strongest_event) per pair, and
+    `UNDECAYED_WEIGHT` when `undecayed` (the same pass over the events).
 
     weight = sum over the pair's events of type weight x 0.5 ** (age / half-life).
     """
-    half_life = half_life_days or settings.recency_half_life_days
-    return user_item_weights_by_half_life(events, settings, [half_life]).withColumnRenamed("weight_0", "weight")
+    half_lives = [half_life_days or settings.recency_half_life_days, *([math.inf] if undecayed else [])]
+    weights = user_item_weights_by_half_life(events, settings, half_lives).withColumnRenamed("weight_0", "weight")
+    return weights.withColumnRenamed("weight_1", UNDECAYED_WEIGHT) if undecayed else weights
 
 
 def user_item_weights_by_half_life(
@@ -237,10 +245,12 @@ def build_edges(
 
 
 def scoring_history(user_items: DataFrame) -> DataFrame:
-    """What scoring reads per user: weights, purchases, and recency rank (1 = newest)."""
+    """What scoring reads per user: weights, purchases, and recency rank (1 = newest);
+    `UNDECAYED_WEIGHT` too when `user_items` has it."""
     order = Window.partitionBy("user_id").orderBy(F.col("last_ts").desc(), F.col("product_id"))
+    undecayed = [UNDECAYED_WEIGHT] if UNDECAYED_WEIGHT in user_items.columns else []
     return user_items.withColumn("recency", F.row_number().over(order)).select(
-        "user_id", "product_id", "weight", "purchased", "strongest_event", "recency"
+        "user_id", "product_id", "weight", *undecayed, "purchased", "strongest_event", "recency"
     )
 
 

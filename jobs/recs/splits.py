@@ -83,13 +83,17 @@ class EvalSet:
     """A split as numpy: its test users' histories, what to exclude, what is relevant."""
 
     users: list[str]  # those with a relevant product, or a seeded sample of them (`sampled_users`), sorted
-    history: pd.DataFrame
+    history: pd.DataFrame  # `recs.model.scoring_history`'s columns and UNDECAYED_WEIGHT
     excluded: sparse.csr_matrix
     relevant: sparse.csr_matrix
     buyers: np.ndarray  # users who bought each product in the train part
     train_users: int
     purchases_per_user: np.ndarray
     window_users: int  # users with a relevant product, before sampling
+
+    def undecayed_history(self) -> pd.DataFrame:
+        """`history` weighed without the recency decay: what a model without time scores."""
+        return self.history.assign(weight=self.history[recommender.UNDECAYED_WEIGHT])
 
 
 def sampled_users(relevant: DataFrame, limit: int, seed: int) -> list[str]:
@@ -106,18 +110,19 @@ def _users_frame(spark: SparkSession, users: list[str]) -> DataFrame:
 
 
 def scoring_histories(train: DataFrame, users: list[str], settings: RecommenderSettings,
-                      half_life_days: float | None = None) -> pd.DataFrame:
+                      half_life_days: float | None = None, undecayed: bool = False) -> pd.DataFrame:
     """What scoring reads of `users` in `train` (`recs.model.scoring_history`), their
-    interest halved every `half_life_days` (the configured recency half-life when None)."""
-    return sampled_history(train, users, settings, half_life_days).toPandas()
+    interest halved every `half_life_days` (the configured recency half-life when None);
+    `undecayed`: with the weights without decay beside (`recs.model.UNDECAYED_WEIGHT`)."""
+    return sampled_history(train, users, settings, half_life_days, undecayed).toPandas()
 
 
 def sampled_history(train: DataFrame, users: list[str], settings: RecommenderSettings,
-                    half_life_days: float | None = None) -> DataFrame:
+                    half_life_days: float | None = None, undecayed: bool = False) -> DataFrame:
     """`scoring_histories` as a Spark table. The users are a semi-join, which Spark moves
     below the aggregation (an inner join stays above it): only the sample's events are
     aggregated, their ages still counted from the newest event of all of `train`."""
-    user_items = recommender.user_item_weights(train, settings, half_life_days)
+    user_items = recommender.user_item_weights(train, settings, half_life_days, undecayed)
     return recommender.scoring_history(user_items).join(_users_frame(train.sparkSession, users), "user_id",
                                                         "left_semi")
 
@@ -130,7 +135,8 @@ def eval_set(split: Split, index: ItemIndex, config: RecsConfig) -> EvalSet:
     users = sampled_users(window, config.evaluation.eval_users, config.runtime.seed)
     relevant = window.join(_users_frame(spark, users), "user_id").select("user_id", "product_id").toPandas()
     window.unpersist()
-    history = scoring_histories(split.train, users, config.recommender)
+    # Both weights in one pass: the evaluation's "without time" scores the undecayed ones.
+    history = scoring_histories(split.train, users, config.recommender, undecayed=True)
     bought = history[history["purchased"]].assign(one=1.0)
     buyers = (
         split.train.where(F.col("event_type") == "purchase").groupBy("product_id")

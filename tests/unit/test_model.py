@@ -17,7 +17,7 @@ from scipy import sparse
 
 from recs import evaluate, model, scoring, tuning
 from recs.config import RecsConfig
-from recs.splits import eval_set, sampled_history, time_split
+from recs.splits import eval_set, sampled_history, scoring_histories, time_split
 
 
 def test_scoring_imports_without_pyspark():
@@ -653,3 +653,30 @@ def test_sampled_histories_aggregate_only_the_samples_events_aged_from_the_newes
     # The sample is taken before the aggregation: the plan prints the semi-join below it.
     plan = sampled._jdf.queryExecution().optimizedPlan().toString()
     assert plan.index("Aggregate") < plan.index("LeftSemi"), plan
+
+
+def test_an_evaluation_sets_undecayed_history_weighs_each_event_by_its_type_alone(spark):
+    """The "without time" ablation scores the evaluation set's histories without the
+    recency decay; they come from the same pass as the decayed ones."""
+    start = datetime(2026, 1, 1)
+    kinds = ["view", "add_to_cart", "purchase"]
+    rows = [(f"u{u}", f"p{(u + d) % 4}", kinds[(u + d) % 3], 1, start + timedelta(days=d * 11 + u))
+            for u in range(6) for d in range(5)]
+    rows += [(f"u{u}", "p9", "purchase", 1, start + timedelta(days=80)) for u in range(6)]  # the test window
+    events = spark.createDataFrame(events_frame(rows))
+    index = scoring.ItemIndex(np.array([*(f"p{i}" for i in range(4)), "p9"]))
+    config = RecsConfig.from_settings(dict(eval_days=10))
+    split = time_split(events, 10)
+    evaluation = eval_set(split, index, config)
+    assert evaluation.users == [f"u{u}" for u in range(6)]
+    train = events_frame(rows)[lambda df: df["ts"] < start + timedelta(days=70)]
+    by_type = train.assign(weight=train["event_type"].map(config.recommender.event_weights))
+    expected = by_type.groupby(["user_id", "product_id"])["weight"].sum()
+    undecayed = evaluation.undecayed_history().set_index(["user_id", "product_id"])["weight"]
+    pd.testing.assert_series_equal(undecayed.sort_index(), expected.sort_index(), check_dtype=False)
+    # `history` itself keeps the decayed weights, as scoring them alone gives.
+    decayed = scoring_histories(split.train, evaluation.users, config.recommender)
+    pd.testing.assert_frame_equal(
+        evaluation.history[decayed.columns].sort_values(["user_id", "product_id"]).reset_index(drop=True),
+        decayed.sort_values(["user_id", "product_id"]).reset_index(drop=True))
+    assert (evaluation.history["weight"] < evaluation.undecayed_history()["weight"]).all()
