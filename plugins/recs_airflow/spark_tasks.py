@@ -96,11 +96,27 @@ def serial_blas_options(pattern: str | None = None) -> list[str]:
     return [f"-Ddev.ludovic.netlib.{name}.nativeLibPath={folder}/lib{name}.so.3" for name in ("blas", "lapack")]
 
 
-def local_driver_java_options() -> str:
+# A small run's driver JVM lives a minute or two, and on a machine of few cores the
+# optimising JIT compiler (C2) competes with the work for them. The quick tier alone (C1)
+# and the throughput collector took Online Retail's whole DAG (391k events, cache warm)
+# from 338 s to 261 s (2026-12-07, the same machine, an hour apart; 300 s to 259 s on
+# another that afternoon), every step shorter. With the quick tier ALS's solver needs a
+# larger thread stack: it overflowed the default. At M (1.05M events) they did not help:
+# the quick tier alone made the recommend step slower (208 s against 184 s), both
+# together left the whole DAG's time where it was (662.7 s against 653.5 s) and its
+# largest process 13% larger. So only a run whose preprocess step kept at most
+# SMALL_RUN_EVENTS events gets them, in the steps after it.
+SMALL_RUN_EVENTS = 500_000
+SMALL_RUN_JAVA_OPTIONS = ("-XX:+UseParallelGC", "-XX:TieredStopAtLevel=1", "-Xss32m")
+
+
+def local_driver_java_options(small_run: bool = False) -> str:
     """The driver JVM's options on `local[*]`: exit when the heap runs out (see
     `size_local_driver`), the single-threaded OpenBLAS and the class archive
-    (`class_archive.py`), each when installed."""
-    return " ".join([EXIT_ON_OUT_OF_MEMORY, *serial_blas_options(), *class_archive.java_options()])
+    (`class_archive.py`), each when installed; a small run's JIT and collector
+    (`SMALL_RUN_JAVA_OPTIONS`)."""
+    return " ".join([EXIT_ON_OUT_OF_MEMORY, *serial_blas_options(), *class_archive.java_options(),
+                     *(SMALL_RUN_JAVA_OPTIONS if small_run else ())])
 
 
 def _mebibytes(size: str) -> int:
@@ -225,17 +241,23 @@ class RecsSparkSubmitOperator(SparkSubmitOperator):
             failure = AirflowFailException if record["final"] else AirflowException
             raise failure(record["error"]) from err
 
-    def error_record(self, since: float) -> dict | None:
-        """The record the job wrote for this try (local data roots; elsewhere the log says it)."""
+    def local_run_paths(self) -> RunPaths | None:
+        """The folder of the run this task works on, when the data root is local (the
+        worker reads it); None elsewhere or on a bad setting (the job's own exit says it)."""
         try:
             root = RecsConfig.load().input.data_root
             args = [str(arg) for arg in self.application_args]
             run_id = safe_run_id(args[args.index("--run-id") + 1])
-        except ValueError:  # a bad setting: the job's own exit says it
+        except ValueError:
             return None
-        if not is_local(root):
+        return RunPaths(root.removeprefix("file://"), run_id) if is_local(root) else None
+
+    def error_record(self, since: float) -> dict | None:
+        """The record the job wrote for this try (local data roots; elsewhere the log says it)."""
+        paths = self.local_run_paths()
+        if paths is None:
             return None
-        path = RunPaths(root.removeprefix("file://"), run_id).error(self.task_id)
+        path = paths.error(self.task_id)
         try:
             if os.path.getmtime(path) < since - 1:
                 return None  # an earlier try's
@@ -255,8 +277,25 @@ class RecsSparkSubmitOperator(SparkSubmitOperator):
         if is_local_master(self._conn_id):
             memory, max_result = local_driver_memory(RecsConfig.load())
             self._driver_memory = self._driver_memory or memory
+            events = self.events_kept()
+            small_run = events is not None and events <= SMALL_RUN_EVENTS
+            if small_run:
+                self.log.info("a small run (%d events): the driver JVM gets %s", events,
+                              " ".join(SMALL_RUN_JAVA_OPTIONS))
             self.conf = {"spark.driver.maxResultSize": max_result, "spark.memory.fraction": LOCAL_MEMORY_FRACTION,
-                         "spark.driver.extraJavaOptions": local_driver_java_options(), **(self.conf or {})}
+                         "spark.driver.extraJavaOptions": local_driver_java_options(small_run), **(self.conf or {})}
+
+    def events_kept(self) -> int | None:
+        """How many events the run's preprocess step kept (its stats), when it has run and
+        the data root is local."""
+        paths = self.local_run_paths()
+        if paths is None:
+            return None
+        try:
+            with open(paths.stats("preprocess"), encoding="utf-8") as handle:
+                return int(json.load(handle)["events_out"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
 
 def spark_step(step: str, **kwargs) -> RecsSparkSubmitOperator:

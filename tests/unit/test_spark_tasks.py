@@ -102,3 +102,24 @@ def test_the_class_archive_is_moved_into_place_only_once_a_jvm_loads_from_it(tmp
     started = time.monotonic()
     assert class_archive.build(str(tmp_path / "built"), failing) == built
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(("events", "quick"), [(391_138, True), (spark_tasks.SMALL_RUN_EVENTS, True),
+                                               (1_046_782, False), (None, False)])
+def test_a_small_runs_later_steps_get_the_quick_jit_tier_and_the_throughput_collector(monkeypatch, tmp_path,
+                                                                                      events, quick):
+    """By the events the run's preprocess step kept; none before it has run."""
+    if events is not None:
+        stats = tmp_path / "runs" / "r1" / "stats" / "preprocess.json"
+        stats.parent.mkdir(parents=True)
+        stats.write_text(json.dumps({"events_out": events}))
+    monkeypatch.setenv("AIRFLOW_CONN_RECS_TEST_SPARK", json.dumps({"conn_type": "spark", "host": "local[*]"}))
+    monkeypatch.setenv("RECS_SPARK_CONN_ID", "recs_test_spark")
+    monkeypatch.setenv("RECS_DATA_ROOT", str(tmp_path))
+    operator = spark_tasks.spark_step("recommend")
+    operator.application_args = ["--run-id", "r1", "--params-json", "{}"]  # as rendered for the run
+    operator.size_local_driver()
+    command = operator._get_hook()._build_spark_submit_command(operator.application)
+    java_options = next(arg for arg in command if arg.startswith("spark.driver.extraJavaOptions=")).split()
+    assert all((option in java_options) == quick for option in spark_tasks.SMALL_RUN_JAVA_OPTIONS)
+    assert "-XX:+ExitOnOutOfMemoryError" in java_options[0]
