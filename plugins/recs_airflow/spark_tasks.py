@@ -99,8 +99,8 @@ def serial_blas_options(pattern: str | None = None) -> list[str]:
 # A small run's driver JVM lives a minute or two, and on a machine of few cores the
 # optimising JIT compiler (C2) competes with the work for them. The quick tier alone (C1)
 # and the throughput collector took Online Retail's whole DAG (391k events, cache warm)
-# from 338 s to 261 s (2026-12-07, the same machine, an hour apart; 300 s to 259 s on
-# another that afternoon), every step shorter. With the quick tier ALS's solver needs a
+# from 293 s and 300 s to 274 s and 255 s (2026-12-07, two pairs of runs, alternating),
+# the evaluate step from 109-113 s to 94-99 s. With the quick tier ALS's solver needs a
 # larger thread stack: it overflowed the default. At M (1.05M events) they did not help:
 # the quick tier alone made the recommend step slower (208 s against 184 s), both
 # together left the whole DAG's time where it was (662.7 s against 653.5 s) and its
