@@ -269,7 +269,8 @@ class RecsSparkSubmitOperator(SparkSubmitOperator):
 
     def size_local_driver(self) -> None:
         """On `local[*]`, give the driver its heap, result limit and share of the heap for
-        Spark's pages (`LOCAL_MEMORY_FRACTION`), and make it exit
+        Spark's pages (`LOCAL_MEMORY_FRACTION`), a small run's JIT and collector
+        (`SMALL_RUN_JAVA_OPTIONS`), and make it exit
         when that heap runs out (a cluster's connection and spark-defaults.conf decide
         there; nothing is changed). Without the exit, an OutOfMemoryError in one of
         Spark's own threads (the one that receives task results) leaves the job waiting
