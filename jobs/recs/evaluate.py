@@ -192,9 +192,8 @@ def evaluate_methods(
     # Ours: the same procedure as the recommend step, on the train part only.
     settings = tune_time_settings(inner.train, index, validation, config.recommender, k, work)
     ours, half_life, validation_customers = settings.settings, settings.trend_half_life_days, settings.customers
-    # Without time (below): no recency decay in histories, no "bought next", no similar
-    # customers' recent buys, no trending.
-    flat_validation_history, flat_test_history = validation.undecayed_history(), test.undecayed_history()
+    # Without time: no recency decay in histories (their undecayed weights), no "bought
+    # next", no similar customers' recent buys, no trending.
     # Ours and its two ablations, each tuned on validation ("published" and "without_text"
     # on the same candidates). One fitted model and one candidate table at a time: a table
     # is users x candidates (at 10,000 users of a 1M-product shop with 800 similar
@@ -210,7 +209,7 @@ def evaluate_methods(
     tuned = {}
     fitted = recommender.fit_model(inner.train, index, content, clusters, ours, work, trend_half_life_days=half_life,
                                    counts=inner_counts, customers=validation_customers)
-    for history, names in [(validation.history, with_time), (flat_validation_history, ("without_time",))]:
+    for history, names in [(validation.history, with_time), (validation.undecayed_history(), ("without_time",))]:
         scores = recommender.candidate_scores(fitted, history, validation.users, k, events.sparkSession)
         for name in names:
             tuned[name] = tune(scores, validation, start, k, variants[name])[0]
@@ -218,7 +217,7 @@ def evaluate_methods(
     del fitted
     test_model = recommender.fit_model(split.train, index, content, clusters, ours, work,
                                        trend_half_life_days=half_life, counts=train_counts)
-    for history, names in [(test.history, with_time), (flat_test_history, ("without_time",))]:
+    for history, names in [(test.history, with_time), (test.undecayed_history(), ("without_time",))]:
         scores = recommender.candidate_scores(test_model, history, test.users, k, events.sparkSession)
         for name in names:
             tops[name] = scoring.ranked(scores, tuned[name], k, config.recommender.discovery_share)[0]
