@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from spark_jobs import submit_command
+
 REPO = Path(__file__).resolve().parents[1]
 TOP_N = 3
-SPARK_CONF = {"spark.ui.enabled": "false", "spark.log.level": "WARN", "spark.python.worker.reuse": "true",
-              "spark.sql.shuffle.partitions": "2"}
 BASELINES = ("most_popular", "trending", "item_knn", "ease", "als", "cluster_only")
 
 
@@ -77,16 +77,11 @@ def build_zip(target: Path) -> Path:
 def submit_publish(package_zip: Path, run_id: str, env: dict[str, str], log: Path,
                    params: dict | None = None) -> subprocess.Popen:
     """jobs/publish.py through spark-submit as the DAG's task runs it, in its own process group."""
-    from recs_airflow.spark_tasks import jdbc_jars, local_driver_java_options
+    from recs_airflow.spark_tasks import jdbc_jars
 
-    conf = [arg for name, value in SPARK_CONF.items() for arg in ("--conf", f"{name}={value}")]
-    conf += ["--conf", f"spark.driver.extraJavaOptions={local_driver_java_options()}"]
-    jars = jdbc_jars()
-    command = [
-        str(Path(sys.executable).parent / "spark-submit"), "--master", "local[1]", "--name", "recs-publish-test",
-        *conf, *(["--jars", jars] if jars else []), "--py-files", str(package_zip),
-        str(REPO / "jobs" / "publish.py"), "--run-id", run_id, "--params-json", json.dumps(params or {}),
-    ]
+    command = submit_command("publish", ["--run-id", run_id, "--params-json", json.dumps(params or {})],
+                             name="recs-publish-test", conf={"spark.sql.shuffle.partitions": "2"},
+                             package_zip=package_zip, jars=jdbc_jars())
     full_env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
                 "RECS_TOP_N": str(TOP_N), **env}
     with open(log, "w") as output:

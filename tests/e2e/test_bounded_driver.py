@@ -22,6 +22,7 @@ from recs import cluster, embed, io, pca, preprocess
 from recs.config import RecsConfig
 from recs.io import RunPaths
 from recs.synthetic import ScaleShop, write_scale_shop
+from spark_jobs import submit_command
 
 REPO = Path(__file__).resolve().parents[2]
 LIMIT = "2m"
@@ -48,11 +49,8 @@ model.customer_histories(events, index, config.recommender, list(tuning.NEIGHBOU
 
 
 def spark_submit(script: Path, args: list[str], env: dict) -> subprocess.CompletedProcess:
-    command = [
-        str(Path(sys.executable).parent / "spark-submit"), "--master", "local[2]",
-        "--conf", f"spark.driver.maxResultSize={LIMIT}", "--conf", "spark.ui.enabled=false",
-        "--conf", "spark.sql.shuffle.partitions=4", str(script), *args,
-    ]
+    command = submit_command(script, args, master="local[2]", conf={
+        "spark.driver.maxResultSize": LIMIT, "spark.sql.shuffle.partitions": "4"})
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
 
 

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from openai_fake_server import FakeOpenAIServer
+from spark_jobs import submit_command
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -36,9 +37,8 @@ def embed(package: Path, data_root: Path, run_id: str, server: FakeOpenAIServer,
            "RECS_DATA_ROOT": str(data_root), "RECS_EMBEDDING_BACKEND": "openai", "RECS_EMBEDDING_DIMENSIONS": "8",
            "OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": server.url, "RECS_DATABASE_URL": "",
            "RECS_LOCK_WAIT_SECONDS": "600"}
-    command = [str(Path(sys.executable).parent / "spark-submit"), "--master", "local[1]",
-               "--conf", "spark.ui.enabled=false", "--conf", "spark.sql.shuffle.partitions=2",
-               "--py-files", str(package), str(REPO / "jobs" / "embed.py"), "--run-id", run_id]
+    command = submit_command("embed", ["--run-id", run_id], conf={"spark.sql.shuffle.partitions": "2"},
+                             package_zip=package)
     with open(log, "w") as output:
         return subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
 

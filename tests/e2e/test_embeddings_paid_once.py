@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from openai_fake_server import ENCODING, FakeOpenAIServer, Fault, fake_embedding
+from spark_jobs import submit_command
 
 pytestmark = pytest.mark.e2e
 
@@ -34,7 +35,6 @@ KEY = f"sk-e2e-{uuid.uuid4().hex}"
 DIMENSIONS = 16
 NATIVE = 1536
 SPACE_FOLDER = f"openai_text-embedding-3-small_{DIMENSIONS}"
-SPARK_CONF = {"spark.ui.enabled": "false", "spark.log.level": "WARN", "spark.python.worker.reuse": "true"}
 
 
 @pytest.fixture(scope="module")
@@ -96,15 +96,8 @@ def job_env(data_root: Path, server: FakeOpenAIServer, **settings: str) -> dict[
 
 def submit_embed(package_zip: Path, run_id: str, env: dict[str, str], log: Path) -> subprocess.Popen:
     """jobs/embed.py through spark-submit, as the DAG's task runs it (local[2]); output to `log`."""
-    from recs_airflow.spark_tasks import local_driver_java_options
-
-    conf = [arg for name, value in SPARK_CONF.items() for arg in ("--conf", f"{name}={value}")]
-    conf += ["--conf", f"spark.driver.extraJavaOptions={local_driver_java_options()}"]
-    command = [
-        str(Path(sys.executable).parent / "spark-submit"), "--master", "local[2]", "--name", "recs-embed-test",
-        *conf, "--py-files", str(package_zip), str(REPO / "jobs" / "embed.py"),
-        "--run-id", run_id, "--params-json", "{}",
-    ]
+    command = submit_command("embed", ["--run-id", run_id, "--params-json", "{}"], master="local[2]",
+                             name="recs-embed-test", package_zip=package_zip)
     with open(log, "w") as output:
         # Its own process group: a kill takes the JVM and its Python workers with it.
         return subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
