@@ -196,6 +196,9 @@ def check_enough_to_learn(events: DataFrame, stats: dict, config: RecsConfig) ->
 def run(spark: SparkSession, config: RecsConfig, paths: RunPaths) -> dict:
     # Extract
     source = importers.read_source(spark, config.input.path, config.input.format)
+    # Read four times (cleaned, quarantined, counted, prices checked), and a source's
+    # products may be an aggregation of its lines (Online Retail's): computed once.
+    source.products = source.products.cache()
     # Transform
     products, product_quarantine = clean_products(source.products)
     products = products.cache()
