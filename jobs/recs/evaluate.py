@@ -70,27 +70,48 @@ def factor_matrix(factors: DataFrame, size: int) -> np.ndarray:
     return matrix
 
 
-def als_top(train: DataFrame, index: ItemIndex, users: list[str], excluded: sparse.csr_matrix, k: int,
-            params: dict, seed: int, blocks: int) -> np.ndarray:
-    """Spark MLlib ALS with implicit feedback: each user's top k (positions), the factors
-    multiplied on the driver a block of users at a time (a bounded dense block)."""
+@dataclasses.dataclass
+class AlsRatings:
+    """What ALS fits on: a count per (user, product) as (user, item, rating) numbers, in a
+    fixed order (`recs/ordering.py`), and the users' numbers (`user_id`, `user`). Persisted:
+    the grid's fits share them."""
+
+    ratings: DataFrame
+    user_numbers: DataFrame
+
+    def unpersist(self) -> None:
+        self.ratings.unpersist()
+        self.user_numbers.unpersist()
+
+
+def als_ratings(train: DataFrame, index: ItemIndex) -> AlsRatings:
     spark = train.sparkSession
     ids = spark.createDataFrame(pd.DataFrame({"product_id": index.ids, "item": np.arange(len(index))}))
-    user_ids = train.select("user_id").distinct().withColumn(
+    user_numbers = train.select("user_id").distinct().withColumn(
         "user", F.row_number().over(Window.orderBy("user_id")) - 1
-    )
+    ).persist()
     ratings = (
         train.groupBy("user_id", "product_id").agg(F.count("*").cast("float").alias("rating"))
-        .join(ids, "product_id").join(user_ids, "user_id")
+        .join(ids, "product_id").join(user_numbers, "user_id")
     )
-    ratings = fixed_order(ratings, ["user", "item"], int(spark.conf.get("spark.sql.shuffle.partitions")))
+    ratings = fixed_order(ratings, ["user", "item"], int(spark.conf.get("spark.sql.shuffle.partitions"))).persist()
+    ratings.count()  # before fits that may start at once: each would compute it
+    return AlsRatings(ratings, user_numbers)
+
+
+def als_top(prepared: AlsRatings, index: ItemIndex, users: list[str], excluded: sparse.csr_matrix, k: int,
+            params: dict, seed: int, blocks: int) -> np.ndarray:
+    """Spark MLlib ALS with implicit feedback (fitted on `prepared`, `als_ratings`): each
+    user's top k (positions), the factors multiplied on the driver a block of users at a
+    time (a bounded dense block)."""
+    spark = prepared.ratings.sparkSession
     als = ALS(rank=ALS_RANK, maxIter=10, implicitPrefs=True, userCol="user", itemCol="item", ratingCol="rating",
               coldStartStrategy="drop", seed=seed, numUserBlocks=blocks, numItemBlocks=blocks, **params)
-    fitted = als.fit(ratings)
+    fitted = als.fit(prepared.ratings)
     item_factors = factor_matrix(fitted.itemFactors, len(index))
     wanted = spark.createDataFrame(pd.DataFrame({"user_id": users}, dtype=object), schema="user_id string")
     user_factors = fitted.userFactors.join(
-        user_ids.join(F.broadcast(wanted), "user_id"), F.col("id") == F.col("user")
+        prepared.user_numbers.join(F.broadcast(wanted), "user_id"), F.col("id") == F.col("user")
     ).select("user_id", "features").toPandas().set_index("user_id")["features"]
     factors = np.stack([np.asarray(user_factors.get(u, np.zeros(ALS_RANK)), dtype=np.float32) for u in users])
     block = max(1, DENSE_BLOCK_CELLS // max(len(index), 1))
@@ -107,12 +128,16 @@ def als_baseline(validation_train: DataFrame, train: DataFrame, index: ItemIndex
     without validation users."""
     best = 0
     if validation.users:
+        prepared = als_ratings(validation_train, index)
         tops = concurrently(
-            lambda params: als_top(validation_train, index, validation.users, validation.excluded, k, params,
+            lambda params: als_top(prepared, index, validation.users, validation.excluded, k, params,
                                    runtime.seed, runtime.als_blocks), ALS_GRID)
+        prepared.unpersist()
         quality = [scoring.ndcg(top, validation.relevant) for top in tops]
         best = quality.index(max(quality))
-    top = als_top(train, index, test.users, test.excluded, k, ALS_GRID[best], runtime.seed, runtime.als_blocks)
+    prepared = als_ratings(train, index)
+    top = als_top(prepared, index, test.users, test.excluded, k, ALS_GRID[best], runtime.seed, runtime.als_blocks)
+    prepared.unpersist()
     return top, ALS_GRID[best]
 
 
