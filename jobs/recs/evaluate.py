@@ -73,8 +73,8 @@ def factor_matrix(factors: DataFrame, size: int) -> np.ndarray:
 @dataclasses.dataclass
 class AlsRatings:
     """What ALS fits on: a count per (user, product) as (user, item, rating) numbers, in a
-    fixed order (`recs/ordering.py`), and the users' numbers (`user_id`, `user`). Persisted:
-    the grid's fits share them."""
+    fixed order (`recs/ordering.py`), and the users' numbers (`user_id`, `user`). Persisted
+    (numbers only: at L, millions of rows): the grid's fits share them."""
 
     ratings: DataFrame
     user_numbers: DataFrame
@@ -92,7 +92,7 @@ def als_ratings(train: DataFrame, index: ItemIndex) -> AlsRatings:
     ).persist()
     ratings = (
         train.groupBy("user_id", "product_id").agg(F.count("*").cast("float").alias("rating"))
-        .join(ids, "product_id").join(user_numbers, "user_id")
+        .join(ids, "product_id").join(user_numbers, "user_id").select("user", "item", "rating")
     )
     ratings = fixed_order(ratings, ["user", "item"], int(spark.conf.get("spark.sql.shuffle.partitions"))).persist()
     ratings.count()  # before fits that may start at once: each would compute it
