@@ -24,16 +24,17 @@ jdbc-driver:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libpostgresql-jdbc-java) || true
 	@test -f $(JDBC_JAR) || echo "note: no $(JDBC_JAR): set RECS_JDBC_JARS to publish to PostgreSQL (README)"
 
-# A native BLAS and LAPACK for Spark MLlib (dev.ludovic.netlib): Debian's single-threaded
-# OpenBLAS, only installed when missing; the Spark tasks point netlib at it on `local[*]`
-# (plugins/recs_airflow/spark_tasks.py). One ALS fit at M (rank 64, two tasks at once):
-# 39 s on it, 57-64 s on the multi-threaded OpenBLAS (a fifth of the CPU time in the
-# kernel, a fifth idle, when two tasks solve at once), 49 s on netlib's Java fallback.
-SERIAL_BLAS := ls /usr/lib/*-linux-gnu/openblas-serial/libblas.so.3 /usr/lib/*-linux-gnu/openblas-serial/liblapack.so.3 >/dev/null 2>&1
+# A native BLAS and LAPACK for Spark MLlib (dev.ludovic.netlib): Debian's OpenBLAS built
+# with threads, only installed when missing; the Spark tasks point netlib at it on
+# `local[*]`, one thread per call (plugins/recs_airflow/spark_tasks.py). Its serial build
+# is not safe for two tasks calling at once (wrong rows). One ALS fit at M (rank 64, two
+# tasks at once): 39 s on one thread per call, 57-64 s with OpenBLAS's own threads (a
+# fifth of the CPU time in the kernel), 49 s on netlib's Java fallback.
+NATIVE_BLAS := ls /usr/lib/*-linux-gnu/openblas-pthread/libblas.so.3 /usr/lib/*-linux-gnu/openblas-pthread/liblapack.so.3 >/dev/null 2>&1
 native-blas:
-	@($(SERIAL_BLAS)) || ! command -v apt-get >/dev/null || \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas0-serial) || true
-	@($(SERIAL_BLAS)) || echo "note: no single-threaded OpenBLAS: Spark's ALS runs slower (README)"
+	@($(NATIVE_BLAS)) || ! command -v apt-get >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas0-pthread) || true
+	@($(NATIVE_BLAS)) || echo "note: no native OpenBLAS: Spark's ALS runs slower (README)"
 
 # A class-data-sharing archive of the classes a Spark driver loads, built once per JVM and
 # pyspark version (plugins/recs_airflow/class_archive.py, about a minute): every step is a

@@ -19,8 +19,11 @@ def submit_command(job: str | Path, args: list[str], *, master: str = "local[1]"
                    conf: dict[str, str] | None = None, package_zip: Path | None = None,
                    jars: str | None = None) -> list[str]:
     """`spark-submit` of `jobs/<job>.py` (or a script's path) with `args`; `conf` adds to
-    and overrides the task's settings."""
-    from recs_airflow.spark_tasks import SPARK_CONF, local_driver_java_options
+    and overrides the task's settings. The caller's environment gets the task's BLAS
+    settings (`spark_tasks.BLAS_ENVIRONMENT`) for the job to inherit."""
+    from recs_airflow.spark_tasks import SPARK_CONF, export_blas_environment, local_driver_java_options
+
+    export_blas_environment()  # as the task does: the job's OpenBLAS runs one thread per call
 
     script = Path(job) if isinstance(job, Path) else REPO / "jobs" / f"{job}.py"
     settings = {**SPARK_CONF, "spark.driver.extraJavaOptions": local_driver_java_options(small_run=True),

@@ -61,8 +61,13 @@ MIB = 2**20
 # and completed with 0.4 (22.4 minutes, JVM at 10.1 GB resident); Spark spills sooner.
 LOCAL_MEMORY_FRACTION = "0.4"
 EXIT_ON_OUT_OF_MEMORY = "-XX:+ExitOnOutOfMemoryError"
-# Debian's single-threaded OpenBLAS (`make native-blas`), one folder per architecture.
-SERIAL_OPENBLAS = "/usr/lib/*-linux-gnu/openblas-serial"
+# Debian's OpenBLAS built with threads (`make native-blas`), one folder per architecture,
+# run on one thread each call (`BLAS_ENVIRONMENT`). Not its serial build: that one is not
+# safe to call from two threads at once, and Spark's tasks share the JVM. Under two tasks
+# it gave wrong rows: 52 to 58 of 20,000 PCA projections (tests/e2e/test_native_blas.py),
+# and Online Retail's PCA table in two of six runs (one product given another's vector).
+OPENBLAS = "/usr/lib/*-linux-gnu/openblas-pthread"
+BLAS_ENVIRONMENT = {"OPENBLAS_NUM_THREADS": "1"}
 
 
 def local_driver_memory(config: RecsConfig, total_bytes: int | None = None) -> tuple[str, str]:
@@ -85,15 +90,22 @@ def local_driver_memory(config: RecsConfig, total_bytes: int | None = None) -> t
     return heap, config.runtime.driver_max_result_size or f"{max(1, _mebibytes(heap) // 2)}m"
 
 
-def serial_blas_options(pattern: str | None = None) -> list[str]:
-    """JVM options pointing Spark MLlib's netlib at a single-threaded OpenBLAS, when
-    installed. Spark runs a task per core already; a multi-threaded BLAS (the system's
-    libblas.so.3 is often OpenBLAS built with threads) under two ALS tasks at once spent
-    a fifth of the CPU time in the kernel: one fit at M took 57-64 s on it, 39 s here."""
-    folder = next(iter(sorted(glob.glob(pattern or SERIAL_OPENBLAS))), None)
+def native_blas_options(pattern: str | None = None) -> list[str]:
+    """JVM options pointing Spark MLlib's netlib at Debian's OpenBLAS, when installed, to
+    run one thread per call (`export_blas_environment`). Spark runs a task per core
+    already; with OpenBLAS's own threads as well, two ALS tasks at once spent a fifth of
+    the CPU time in the kernel: one fit at M took 57-64 s that way, 39 s on one thread."""
+    folder = next(iter(sorted(glob.glob(pattern or OPENBLAS))), None)
     if folder is None:
         return []
     return [f"-Ddev.ludovic.netlib.{name}.nativeLibPath={folder}/lib{name}.so.3" for name in ("blas", "lapack")]
+
+
+def export_blas_environment() -> None:
+    """Put `BLAS_ENVIRONMENT` where spark-submit inherits it (unless already set): OpenBLAS
+    reads it when the JVM loads the library."""
+    for name, value in BLAS_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
 
 
 # A small run's driver JVM lives a minute or two, and on a machine of few cores the
@@ -112,10 +124,10 @@ SMALL_RUN_JAVA_OPTIONS = ("-XX:+UseParallelGC", "-XX:TieredStopAtLevel=1", "-Xss
 
 def local_driver_java_options(small_run: bool = False) -> str:
     """The driver JVM's options on `local[*]`: exit when the heap runs out (see
-    `size_local_driver`), the single-threaded OpenBLAS and the class archive
+    `size_local_driver`), OpenBLAS on one thread per call and the class archive
     (`class_archive.py`), each when installed; a small run's JIT and collector
     (`SMALL_RUN_JAVA_OPTIONS`)."""
-    return " ".join([EXIT_ON_OUT_OF_MEMORY, *serial_blas_options(), *class_archive.java_options(),
+    return " ".join([EXIT_ON_OUT_OF_MEMORY, *native_blas_options(), *class_archive.java_options(),
                      *(SMALL_RUN_JAVA_OPTIONS if small_run else ())])
 
 
@@ -278,6 +290,7 @@ class RecsSparkSubmitOperator(SparkSubmitOperator):
         if is_local_master(self._conn_id):
             memory, max_result = local_driver_memory(RecsConfig.load())
             self._driver_memory = self._driver_memory or memory
+            export_blas_environment()
             events = self.events_kept()
             small_run = events is not None and events <= SMALL_RUN_EVENTS
             if small_run:

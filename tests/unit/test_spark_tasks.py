@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
@@ -50,16 +51,18 @@ def test_local_runs_get_the_heap_on_the_spark_submit_command(monkeypatch):
     assert "-XX:+ExitOnOutOfMemoryError" in java_options.split("=", 1)[1].split()
 
 
-def test_local_runs_point_spark_at_a_single_threaded_openblas_when_installed(monkeypatch, tmp_path):
+def test_local_runs_point_spark_at_openblas_on_one_thread_when_installed(monkeypatch, tmp_path):
     for architecture in ("x86_64-linux-gnu", "aarch64-linux-gnu"):
-        (tmp_path / architecture / "openblas-serial").mkdir(parents=True)
-    monkeypatch.setattr(spark_tasks, "SERIAL_OPENBLAS", str(tmp_path / "*-linux-gnu" / "openblas-serial"))
+        (tmp_path / architecture / "openblas-pthread").mkdir(parents=True)
+    monkeypatch.setattr(spark_tasks, "OPENBLAS", str(tmp_path / "*-linux-gnu" / "openblas-pthread"))
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
     command = submit_command(monkeypatch, {"conn_type": "spark", "host": "local[*]"})
     java_options = next(arg for arg in command if arg.startswith("spark.driver.extraJavaOptions=")).split()
-    folder = tmp_path / "aarch64-linux-gnu" / "openblas-serial"  # one of them, the same every time
+    folder = tmp_path / "aarch64-linux-gnu" / "openblas-pthread"  # one of them, the same every time
     assert f"-Ddev.ludovic.netlib.blas.nativeLibPath={folder}/libblas.so.3" in java_options
     assert f"-Ddev.ludovic.netlib.lapack.nativeLibPath={folder}/liblapack.so.3" in java_options
-    assert spark_tasks.serial_blas_options(str(tmp_path / "none" / "openblas-serial")) == []
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "1"  # spark-submit inherits it
+    assert spark_tasks.native_blas_options(str(tmp_path / "none" / "openblas-pthread")) == []
 
 
 def test_cluster_runs_keep_the_cluster_settings(monkeypatch):
