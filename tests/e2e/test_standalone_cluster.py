@@ -56,7 +56,9 @@ def wait_for(what: str, check, seconds: float = 90):
             result = check()
             if result:
                 return result
-        except OSError:
+        except (OSError, ValueError):
+            # Not listening yet, or (seen once, from a fresh clone) the master's web UI
+            # answering /json/ with its HTML page in the moment after it started.
             pass
         time.sleep(0.5)
     raise TimeoutError(f"{what} not ready after {seconds}s")
