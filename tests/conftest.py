@@ -46,7 +46,11 @@ def spark():
     os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
     from pyspark.sql import SparkSession
 
-    from recs_airflow.spark_tasks import SMALL_RUN_JAVA_OPTIONS
+    from recs_airflow.spark_tasks import SMALL_RUN_JAVA_OPTIONS, export_blas_environment, native_blas_options
+
+    # The DAG's native BLAS, one thread per call: the system's default may be the serial
+    # OpenBLAS, unsafe under two tasks (tests/e2e/test_native_blas.py).
+    export_blas_environment()
 
     session = (
         SparkSession.builder.master("local[2]")
@@ -63,7 +67,7 @@ def spark():
         # A small run's JVM options, as the DAG's tasks give one: a quarter less CPU for
         # the unit tests' many tiny jobs (192 and 212 CPU-s against 261 and 282 for three
         # of their files, alternating), and the suite is bound by the two cores.
-        .config("spark.driver.extraJavaOptions", " ".join(SMALL_RUN_JAVA_OPTIONS))
+        .config("spark.driver.extraJavaOptions", " ".join([*SMALL_RUN_JAVA_OPTIONS, *native_blas_options()]))
         .getOrCreate()
     )
     session.sparkContext.setLogLevel("WARN")
