@@ -43,6 +43,9 @@ def jobs_dir() -> Path:
 def build_dir() -> Path:
     return Path(os.environ.get("RECS_BUILD_DIR") or REPO / "dist")
 
+# A native BLAS runs one thread per call: Spark already runs a task per core (see `OPENBLAS`).
+BLAS_ENVIRONMENT = {"OPENBLAS_NUM_THREADS": "1"}
+
 # Job-level Spark settings that do not depend on the cluster. Resource sizing
 # (executor memory, cores) belongs to the `spark_default` connection's extras or
 # the cluster's spark-defaults.conf; on `local[*]` see `local_driver_memory`.
@@ -51,6 +54,9 @@ SPARK_CONF = {
     "spark.log.level": "WARN",
     "spark.sql.adaptive.enabled": "true",
     "spark.python.worker.reuse": "true",
+    # A cluster's executors too (on `local[*]` they are the driver, which inherits
+    # `export_blas_environment`'s): which BLAS they load is the cluster's choice.
+    **{f"spark.executorEnv.{name}": value for name, value in BLAS_ENVIRONMENT.items()},
 }
 
 MIB = 2**20
@@ -67,7 +73,6 @@ EXIT_ON_OUT_OF_MEMORY = "-XX:+ExitOnOutOfMemoryError"
 # it gave wrong rows: 52 to 58 of 20,000 PCA projections (tests/e2e/test_native_blas.py),
 # and Online Retail's PCA table in two of six runs (one product given another's vector).
 OPENBLAS = "/usr/lib/*-linux-gnu/openblas-pthread"
-BLAS_ENVIRONMENT = {"OPENBLAS_NUM_THREADS": "1"}
 
 
 def local_driver_memory(config: RecsConfig, total_bytes: int | None = None) -> tuple[str, str]:

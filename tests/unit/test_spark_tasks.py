@@ -70,6 +70,8 @@ def test_cluster_runs_keep_the_cluster_settings(monkeypatch):
                              RECS_DRIVER_MEMORY="5g")
     assert "--driver-memory" not in command
     assert not any("maxResultSize" in arg or "extraJavaOptions" in arg or "memory.fraction" in arg for arg in command)
+    # Its executors' native BLAS (whichever the cluster gives them) runs one thread per call.
+    assert "spark.executorEnv.OPENBLAS_NUM_THREADS=1" in command
 
 
 def test_local_runs_map_the_class_archive_when_built(monkeypatch, tmp_path):
