@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from recs_airflow.spark_tasks import BLAS_ENVIRONMENT, native_blas_options
+from recs_airflow.spark_tasks import native_blas_options
 from spark_jobs import submit_command
 
 PROJECT = """
@@ -47,9 +47,10 @@ def test_two_tasks_calling_the_native_blas_at_once_get_their_own_answers(tmp_pat
     assert native_blas_options(), "no native OpenBLAS installed (make native-blas): nothing to check"
     script = tmp_path / "project.py"
     script.write_text(PROJECT)
-    env = {**os.environ, **BLAS_ENVIRONMENT, "PYSPARK_PYTHON": sys.executable,
+    # The command first: building it puts the task's BLAS environment in ours, as the task does.
+    command = submit_command(script, [], master="local[2]", conf={"spark.driver.memory": "2g"})
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable,
            "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "jobs")}
-    done = subprocess.run(submit_command(script, [], master="local[2]", conf={"spark.driver.memory": "2g"}),
-                          env=env, capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert "wrong rows: 0" in done.stdout
